@@ -1,0 +1,70 @@
+//! Compiles the bundled driver crates to `wasm32-wasip2` components with a nested cargo,
+//! so `cargo build` of the engine always embeds drivers built from the sources in this
+//! repository (no checked-in `.wasm`).
+//!
+//! The nested build uses its own target directory (`target/wasm-drivers`) so it never
+//! waits on the outer build's lock, and strips the outer build's compiler wrappers and
+//! flags, which are meant for the host target.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// (crate name, wasm file stem)
+const DRIVERS: &[(&str, &str)] = &[
+    ("lintel-driver-demo-display", "lintel_driver_demo_display"),
+    ("lintel-driver-demo-occupancy", "lintel_driver_demo_occupancy"),
+];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let drivers_dir = manifest_dir.parent().expect("drivers/bundled has a parent");
+    let workspace = drivers_dir.parent().expect("drivers/ has a parent");
+    for dir in ["sdk", "demo-display", "demo-occupancy"] {
+        println!("cargo:rerun-if-changed={}", drivers_dir.join(dir).display());
+    }
+    println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
+
+    let target_dir = std::env::var_os("LINTEL_WASM_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target").join("wasm-drivers"));
+    println!("cargo:rerun-if-env-changed=LINTEL_WASM_TARGET_DIR");
+
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--target", "wasm32-wasip2", "--profile", "wasm-driver", "--target-dir"])
+        .arg(&target_dir);
+    for (krate, _) in DRIVERS {
+        cmd.args(["-p", krate]);
+    }
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "CARGO_PROFILE_RELEASE_LTO",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().unwrap_or_else(|e| panic!("could not run cargo to build the drivers: {e}"));
+    if !status.success() {
+        panic!(
+            "building the bundled drivers for wasm32-wasip2 failed ({status}). \
+             Is the target installed? Run `rustup toolchain install` in the repository \
+             (rust-toolchain.toml lists it)."
+        );
+    }
+
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let built = target_dir.join("wasm32-wasip2").join("wasm-driver");
+    for (_, stem) in DRIVERS {
+        copy(&built.join(format!("{stem}.wasm")), &out_dir.join(format!("{stem}.wasm")));
+    }
+}
+
+fn copy(from: &Path, to: &Path) {
+    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} → {}: {e}", from.display(), to.display()));
+}

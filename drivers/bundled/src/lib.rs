@@ -1,0 +1,38 @@
+//! The driver components that ship inside the `lintel` binary, built from `drivers/*`
+//! for `wasm32-wasip2` by this crate's build script.
+
+/// A driver component shipped with Lintel.
+#[derive(Debug, Clone, Copy)]
+pub struct BundledDriver {
+    /// The crate it was built from.
+    pub crate_name: &'static str,
+    /// The component's bytes.
+    pub component: &'static [u8],
+}
+
+/// The demo display (line protocol over TCP), see `drivers/demo-display`.
+pub const DEMO_DISPLAY: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-demo-display",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_demo_display.wasm")),
+};
+
+/// The demo occupancy sensor (pushes readings over TCP), see `drivers/demo-occupancy`.
+pub const DEMO_OCCUPANCY: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-demo-occupancy",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_demo_occupancy.wasm")),
+};
+
+/// Every bundled driver.
+pub const ALL: &[BundledDriver] = &[DEMO_DISPLAY, DEMO_OCCUPANCY];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bundled_drivers_are_wasm_components() {
+        for d in super::ALL {
+            // magic + component-model layer (version 0x0d, layer 1)
+            assert_eq!(&d.component[..4], b"\0asm", "{}", d.crate_name);
+            assert_eq!(&d.component[4..8], &[0x0d, 0x00, 0x01, 0x00], "{} is not a component", d.crate_name);
+        }
+    }
+}
