@@ -1,1 +1,419 @@
+//! The Lintel engine: runs every module's driver in its own WebAssembly sandbox, owns the
+//! device transports, and keeps device state in memory.
+//!
+//! ```text
+//!  device ──tcp/sim──▶ TransportTask ──Event──▶ ModuleActor (wasm sandbox) ──set-status──▶ StatusBus ──▶ API / subscribers
+//!  API ──exec──▶ Engine ──Event::Exec──▶ ModuleActor ──send──▶ TransportTask ──▶ device
+//! ```
 
+mod actor;
+mod error;
+mod runtime;
+mod state;
+mod transport;
+
+pub use error::{EngineError, Result};
+pub use runtime::{
+    DriverInfo, DriverRuntime, FunctionInfo, ParameterInfo, SandboxLimits, TransportKind,
+    sha256_hex,
+};
+pub use state::{StatusBus, StatusChange};
+pub use transport::{InProcessEndpoint, MAX_FRAME_BYTES, Target};
+
+use actor::{Event, ModuleActor, ModuleHost};
+use lintel_model::{ControlSystem, DriverRecord, IdKind, Module, ModuleSlug, Tenant};
+use lintel_store::{Store, StoreExt};
+use parking_lot::{Mutex, RwLock};
+use runtime::Sandbox;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::Linker;
+
+/// Engine settings (from the `[engine]` section of `lintel.toml`).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub limits: SandboxLimits,
+    /// How long an `exec` waits for the driver's answer.
+    pub exec_timeout: Duration,
+    /// Events waiting for one module (transport data, timers, execs).
+    pub event_queue: usize,
+    /// Bytes waiting to be written to one device.
+    pub send_queue: usize,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        EngineConfig {
+            data_dir,
+            limits: SandboxLimits::default(),
+            exec_timeout: Duration::from_secs(5),
+            event_queue: 256,
+            send_queue: 64,
+        }
+    }
+}
+
+struct RunningModule {
+    tenant_id: String,
+    info: Arc<DriverInfo>,
+    events: flume::Sender<Event>,
+    cancel: CancellationToken,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+/// The engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    cfg: EngineConfig,
+    runtime: Arc<DriverRuntime>,
+    linker: Arc<Linker<Sandbox<ModuleHost>>>,
+    store: Arc<dyn Store>,
+    status: Arc<StatusBus>,
+    modules: RwLock<HashMap<String, Arc<RunningModule>>>,
+    endpoints: transport::Endpoints,
+    ready: AtomicBool,
+}
+
+fn internal(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Internal(e.to_string())
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig, store: Arc<dyn Store>) -> Result<Self> {
+        let runtime = Arc::new(DriverRuntime::new(&cfg.data_dir, cfg.limits.clone())?);
+        let linker = Arc::new(DriverRuntime::linker::<ModuleHost>(runtime.engine())?);
+        Ok(Engine {
+            cfg,
+            runtime,
+            linker,
+            store,
+            status: Arc::new(StatusBus::default()),
+            modules: RwLock::new(HashMap::new()),
+            endpoints: Default::default(),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Make an in-process device reachable at `sim://<name>`.
+    pub fn register_endpoint(&self, name: &str, endpoint: Arc<dyn InProcessEndpoint>) {
+        self.endpoints.write().insert(name.to_string(), endpoint);
+    }
+
+    pub fn status_bus(&self) -> &Arc<StatusBus> {
+        &self.status
+    }
+
+    /// Validate, store and precompile a driver component; returns its hash and metadata.
+    pub async fn install_component(&self, bytes: Vec<u8>) -> Result<(String, DriverInfo)> {
+        let rt = self.runtime.clone();
+        tokio::task::spawn_blocking(move || rt.install(&bytes))
+            .await
+            .map_err(internal)?
+    }
+
+    /// Start every module marked `running`, in every tenant. Marks the engine ready.
+    pub async fn start_all(&self) -> Result<usize> {
+        let mut started = 0;
+        for tenant in self.store.list::<Tenant>("").await? {
+            for module in self.store.list::<Module>(&tenant.id).await? {
+                if !module.running {
+                    continue;
+                }
+                match self.start_module(&tenant.id, &module.id).await {
+                    Ok(()) => started += 1,
+                    Err(e) => tracing::error!(module = %module.id, error = %e, "module not started"),
+                }
+            }
+        }
+        self.ready.store(true, Ordering::SeqCst);
+        metrics::gauge!("lintel_modules_running").set(self.modules.read().len() as f64);
+        Ok(started)
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn running_modules(&self) -> usize {
+        self.modules.read().len()
+    }
+
+    /// Start (or restart) one module from its stored config.
+    pub async fn start_module(&self, tenant_id: &str, module_id: &str) -> Result<()> {
+        let module: Module = self
+            .store
+            .get(tenant_id, module_id)
+            .await?
+            .ok_or_else(|| EngineError::ModuleNotFound(module_id.to_string()))?;
+        let driver: DriverRecord = self.store.require(tenant_id, &module.driver_id).await?;
+        self.stop_module(module_id).await;
+
+        let rt = self.runtime.clone();
+        let hash = driver.component_hash.clone();
+        let (component, info) = tokio::task::spawn_blocking(move || {
+            let c = rt.component(&hash)?;
+            let info = rt.inspect(&c)?;
+            Ok::<_, EngineError>((c, info))
+        })
+        .await
+        .map_err(internal)??;
+        let info = Arc::new(info);
+
+        // Settings, nearest wins: component defaults < driver record < module.
+        let mut settings = info.default_settings.clone();
+        merge(&mut settings, &driver.default_settings);
+        merge(&mut settings, &module.settings);
+
+        let module_id: Arc<str> = module.id.as_str().into();
+        let status = self.status.module(&module.id);
+        let (events_tx, events_rx) = flume::bounded(self.cfg.event_queue);
+        let cancel = CancellationToken::new();
+        let connected = Arc::new(AtomicBool::new(false));
+        let outbound = match (info.transport, module.uri.as_deref()) {
+            (TransportKind::None, _) => None,
+            (TransportKind::Tcp, None) => {
+                return Err(EngineError::Internal(format!(
+                    "module {} needs a device uri (tcp://host:port)",
+                    module.id
+                )));
+            }
+            (TransportKind::Tcp, Some(uri)) => {
+                let target = Target::parse(uri).map_err(EngineError::Internal)?;
+                let (tx, rx) = mpsc::channel(self.cfg.send_queue);
+                let task = transport::TransportTask {
+                    module_id: module_id.clone(),
+                    target,
+                    framing: info.framing.clone(),
+                    endpoints: self.endpoints.clone(),
+                    events: EventSink(events_tx.clone()),
+                    outbound: rx,
+                    connected: connected.clone(),
+                    status: status.clone(),
+                    cancel: cancel.clone(),
+                };
+                tokio::spawn(task.run());
+                Some(tx)
+            }
+        };
+        let last_error = Arc::new(Mutex::new(None));
+        let actor = ModuleActor {
+            module_id: module_id.clone(),
+            runtime: self.runtime.clone(),
+            linker: self.linker.clone(),
+            component,
+            settings,
+            events_tx: events_tx.clone(),
+            events: events_rx,
+            outbound,
+            connected,
+            status,
+            rt: tokio::runtime::Handle::current(),
+            last_error: last_error.clone(),
+        };
+        let thread = actor.spawn().map_err(internal)?;
+        self.modules.write().insert(
+            module.id.clone(),
+            Arc::new(RunningModule {
+                tenant_id: tenant_id.to_string(),
+                info,
+                events: events_tx,
+                cancel,
+                thread: Mutex::new(Some(thread)),
+                last_error,
+            }),
+        );
+        metrics::gauge!("lintel_modules_running").set(self.modules.read().len() as f64);
+        tracing::info!(module = %module.id, driver = %driver.name, "module started");
+        Ok(())
+    }
+
+    /// Stop a module: its transport closes, its sandbox is dropped, its state is removed.
+    pub async fn stop_module(&self, module_id: &str) {
+        let Some(m) = self.modules.write().remove(module_id) else {
+            return;
+        };
+        m.cancel.cancel();
+        // A full queue must not keep the actor alive: it also exits when all senders drop.
+        let _ = m.events.try_send(Event::Stop);
+        let thread = m.thread.lock().take();
+        drop(m);
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.status.remove(module_id);
+        metrics::gauge!("lintel_modules_running").set(self.modules.read().len() as f64);
+    }
+
+    /// Stop every module (graceful shutdown).
+    pub async fn shutdown(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        let ids: Vec<String> = self.modules.read().keys().cloned().collect();
+        for id in ids {
+            self.stop_module(&id).await;
+        }
+    }
+
+    fn running(&self, tenant_id: &str, module_id: &str) -> Result<Arc<RunningModule>> {
+        match self.modules.read().get(module_id) {
+            Some(m) if m.tenant_id == tenant_id => Ok(m.clone()),
+            // Another tenant's module is indistinguishable from a missing one.
+            _ => Err(EngineError::ModuleNotRunning(module_id.to_string())),
+        }
+    }
+
+    /// The module `slug` (`Display_1`) in system `system_id`, within the tenant.
+    pub async fn resolve(&self, tenant_id: &str, system_id: &str, slug: &str) -> Result<String> {
+        let slug = ModuleSlug::parse(slug).map_err(|e| EngineError::ModuleNotFound(e.to_string()))?;
+        let system: ControlSystem = self
+            .store
+            .get(tenant_id, system_id)
+            .await?
+            .ok_or_else(|| EngineError::SystemNotFound(system_id.to_string()))?;
+        let mut seen = 0;
+        for module_id in &system.modules {
+            let Some(module) = self.store.get::<Module>(tenant_id, module_id).await? else {
+                continue;
+            };
+            let name = match &module.custom_name {
+                Some(n) => n.clone(),
+                None => match self.store.get::<DriverRecord>(tenant_id, &module.driver_id).await? {
+                    Some(d) => d.module_name,
+                    None => continue,
+                },
+            };
+            if name == slug.name {
+                seen += 1;
+                if seen == slug.index {
+                    return Ok(module.id);
+                }
+            }
+        }
+        Err(EngineError::ModuleNotFound(format!("{slug} in {system_id}")))
+    }
+
+    /// All of a module's state.
+    pub fn state(&self, tenant_id: &str, module_id: &str) -> Result<BTreeMap<String, Value>> {
+        self.running(tenant_id, module_id)?;
+        self.status
+            .snapshot(module_id)
+            .ok_or_else(|| EngineError::ModuleNotRunning(module_id.to_string()))
+    }
+
+    /// One status key of a module (`None` if the driver never set it).
+    pub fn state_key(&self, tenant_id: &str, module_id: &str, key: &str) -> Result<Option<Value>> {
+        self.running(tenant_id, module_id)?;
+        Ok(self.status.get(module_id, key).map(|v| (*v).clone()))
+    }
+
+    pub fn driver_info(&self, tenant_id: &str, module_id: &str) -> Result<Arc<DriverInfo>> {
+        Ok(self.running(tenant_id, module_id)?.info.clone())
+    }
+
+    /// Why the module's sandbox is not running, if it is not.
+    pub fn module_error(&self, tenant_id: &str, module_id: &str) -> Result<Option<String>> {
+        Ok(self.running(tenant_id, module_id)?.last_error.lock().clone())
+    }
+
+    /// Call `function` on a module with positional JSON arguments.
+    pub async fn exec(&self, tenant_id: &str, module_id: &str, function: &str, args: Vec<Value>) -> Result<Value> {
+        let m = self.running(tenant_id, module_id)?;
+        let f = m.info.function(function).ok_or_else(|| EngineError::FunctionNotFound {
+            module: module_id.to_string(),
+            function: function.to_string(),
+        })?;
+        check_arguments(f, &args)?;
+        let (reply, answer) = oneshot::channel();
+        let ev = Event::Exec {
+            function: function.to_string(),
+            args: Value::Array(args).to_string(),
+            reply,
+        };
+        m.events.try_send(ev).map_err(|e| match e {
+            flume::TrySendError::Full(_) => EngineError::Busy,
+            flume::TrySendError::Disconnected(_) => EngineError::ModuleNotRunning(module_id.to_string()),
+        })?;
+        let timeout = self.cfg.exec_timeout;
+        let json = tokio::time::timeout(timeout, answer)
+            .await
+            .map_err(|_| EngineError::Timeout(timeout.as_millis() as u64))?
+            .map_err(|_| EngineError::ModuleNotRunning(module_id.to_string()))??;
+        serde_json::from_str(&json).map_err(|e| EngineError::Driver(format!("the driver returned invalid JSON: {e}")))
+    }
+
+    /// Whether the store answers.
+    pub async fn store_ok(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
+
+    pub fn id_kind_of(id: &str) -> Option<IdKind> {
+        IdKind::ALL.into_iter().find(|k| k.is_valid_id(id))
+    }
+}
+
+/// The transport's way into a module's event queue (async, with backpressure).
+#[derive(Clone)]
+pub(crate) struct EventSink(flume::Sender<Event>);
+
+impl EventSink {
+    pub async fn send(&self, ev: Event) -> std::result::Result<(), ()> {
+        self.0.send_async(ev).await.map_err(|_| ())
+    }
+}
+
+/// Shallow merge of JSON objects: keys of `over` replace those of `base`.
+fn merge(base: &mut Value, over: &Value) {
+    if let (Some(b), Some(o)) = (base.as_object_mut(), over.as_object()) {
+        for (k, v) in o {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+/// Check argument count and each argument's JSON type against the function's schema.
+fn check_arguments(f: &FunctionInfo, args: &[Value]) -> Result<()> {
+    let bad = |message: String| EngineError::BadArguments {
+        function: f.name.clone(),
+        message,
+    };
+    if args.len() > f.parameters.len() {
+        return Err(bad(format!(
+            "takes at most {} argument(s), got {}",
+            f.parameters.len(),
+            args.len()
+        )));
+    }
+    for (i, p) in f.parameters.iter().enumerate() {
+        let Some(arg) = args.get(i) else {
+            if p.required {
+                return Err(bad(format!("missing required parameter `{}`", p.name)));
+            }
+            continue;
+        };
+        if let Some(ty) = p.schema.get("type").and_then(Value::as_str) {
+            let ok = match ty {
+                "boolean" => arg.is_boolean(),
+                "integer" => arg.is_i64() || arg.is_u64(),
+                "number" => arg.is_number(),
+                "string" => arg.is_string(),
+                "array" => arg.is_array(),
+                "object" => arg.is_object(),
+                "null" => arg.is_null(),
+                _ => true,
+            };
+            if !ok {
+                return Err(bad(format!("parameter `{}` must be of type {ty}", p.name)));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

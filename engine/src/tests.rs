@@ -1,0 +1,241 @@
+//! The engine end to end: real driver components from `drivers/`, built for wasm32-wasip2,
+//! against the demo device simulators over in-process pipes and real TCP.
+
+use super::*;
+use lintel_model::{DriverRole, new_id, now_unix};
+use lintel_simulators::{DisplaySimulator, OccupancySimulator};
+use lintel_store::EmbeddedStore;
+use serde_json::json;
+
+struct Sim(DisplaySimulator);
+impl InProcessEndpoint for Sim {
+    fn connect(&self) -> tokio::io::DuplexStream {
+        self.0.connect()
+    }
+}
+struct Occ(OccupancySimulator);
+impl InProcessEndpoint for Occ {
+    fn connect(&self) -> tokio::io::DuplexStream {
+        self.0.connect()
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    tenant: String,
+    system: String,
+}
+
+async fn fixture(display_uri: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let engine = Engine::new(EngineConfig::new(dir.path().to_path_buf()), store.clone()).unwrap();
+    let t = now_unix();
+    let tenant = store
+        .insert(Tenant {
+            id: new_id(IdKind::Tenant),
+            name: "T".into(),
+            domain: "t.example".into(),
+            created_at: t,
+            updated_at: t,
+            version: 0,
+        })
+        .await
+        .unwrap();
+    let mut system = ControlSystem {
+        id: new_id(IdKind::System),
+        tenant_id: tenant.id.clone(),
+        name: "Room".into(),
+        description: String::new(),
+        email: None,
+        capacity: 2,
+        bookable: false,
+        timezone: None,
+        zones: vec![],
+        modules: vec![],
+        created_at: t,
+        updated_at: t,
+        version: 0,
+    };
+    for (bytes, uri) in [
+        (lintel_bundled_drivers::DEMO_DISPLAY.component, display_uri),
+        (lintel_bundled_drivers::DEMO_OCCUPANCY.component, "sim://occ"),
+    ] {
+        let (hash, info) = engine.install_component(bytes.to_vec()).await.unwrap();
+        let driver = store
+            .insert(DriverRecord {
+                id: new_id(IdKind::Driver),
+                tenant_id: tenant.id.clone(),
+                name: info.name.clone(),
+                module_name: info.module_name.clone(),
+                role: DriverRole::Device,
+                description: info.description.clone(),
+                component_hash: hash,
+                default_settings: json!({}),
+                created_at: t,
+                updated_at: t,
+                version: 0,
+            })
+            .await
+            .unwrap();
+        let module = store
+            .insert(Module {
+                id: new_id(IdKind::Module),
+                tenant_id: tenant.id.clone(),
+                driver_id: driver.id,
+                control_system_id: Some(system.id.clone()),
+                custom_name: None,
+                uri: Some(uri.into()),
+                running: true,
+                notes: String::new(),
+                settings: json!({"poll_every_ms": 500}),
+                created_at: t,
+                updated_at: t,
+                version: 0,
+            })
+            .await
+            .unwrap();
+        system.modules.push(module.id);
+    }
+    let system = store.insert(system).await.unwrap();
+    Fixture {
+        _dir: dir,
+        engine,
+        tenant: tenant.id,
+        system: system.id,
+    }
+}
+
+async fn wait_for(engine: &Engine, tenant: &str, module: &str, key: &str, want: Value) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = engine.state_key(tenant, module, key).ok().flatten();
+        if now.as_ref() == Some(&want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never became {want}; state: {:?}",
+            engine.state(tenant, module)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_display_runs_in_its_sandbox_and_obeys_exec() {
+    let f = fixture("sim://display").await;
+    let display = DisplaySimulator::default();
+    f.engine.register_endpoint("display", Arc::new(Sim(display.clone())));
+    let occupancy = OccupancySimulator::new(None);
+    f.engine.register_endpoint("occ", Arc::new(Occ(occupancy.clone())));
+    assert_eq!(f.engine.start_all().await.unwrap(), 2);
+    assert!(f.engine.is_ready());
+
+    let d = f.engine.resolve(&f.tenant, &f.system, "Display_1").await.unwrap();
+    let o = f.engine.resolve(&f.tenant, &f.system, "Occupancy").await.unwrap();
+    wait_for(&f.engine, &f.tenant, &d, "connected", json!(true)).await;
+    wait_for(&f.engine, &f.tenant, &d, "power", json!(false)).await;
+    wait_for(&f.engine, &f.tenant, &d, "volume", json!(30)).await;
+
+    // exec goes through the sandbox to the device, and the device's answer sets state.
+    let r = f.engine.exec(&f.tenant, &d, "power", vec![json!(true)]).await.unwrap();
+    assert_eq!(r, Value::Null);
+    wait_for(&f.engine, &f.tenant, &d, "power", json!(true)).await;
+    assert!(display.state().power);
+
+    // The sensor pushes readings; the driver publishes them.
+    occupancy.set_people(4);
+    wait_for(&f.engine, &f.tenant, &o, "people_count", json!(4)).await;
+    wait_for(&f.engine, &f.tenant, &o, "presence", json!(true)).await;
+
+    // Bad calls are refused before reaching the driver, naming what is wrong.
+    let e = f.engine.exec(&f.tenant, &d, "power", vec![json!("yes")]).await.unwrap_err();
+    assert!(matches!(e, EngineError::BadArguments { .. }) && e.to_string().contains("`state`"), "{e}");
+    let e = f.engine.exec(&f.tenant, &d, "power", vec![]).await.unwrap_err();
+    assert!(e.to_string().contains("missing required parameter `state`"), "{e}");
+    let e = f.engine.exec(&f.tenant, &d, "explode", vec![]).await.unwrap_err();
+    assert!(matches!(e, EngineError::FunctionNotFound { .. }), "{e}");
+    // The driver's own refusal comes back as a driver error.
+    let e = f.engine.exec(&f.tenant, &d, "volume", vec![json!(500)]).await.unwrap_err();
+    assert!(matches!(e, EngineError::Driver(ref m) if m.contains("0..=100")), "{e}");
+
+    // Addressing.
+    assert!(matches!(
+        f.engine.resolve(&f.tenant, &f.system, "Display_2").await,
+        Err(EngineError::ModuleNotFound(_))
+    ));
+    assert!(matches!(
+        f.engine.resolve(&f.tenant, "sys-nope", "Display_1").await,
+        Err(EngineError::SystemNotFound(_))
+    ));
+    // Another tenant cannot see or drive the module.
+    let other = new_id(IdKind::Tenant);
+    assert!(f.engine.state(&other, &d).is_err());
+    assert!(f.engine.exec(&other, &d, "power", vec![json!(false)]).await.is_err());
+    assert!(matches!(
+        f.engine.resolve(&other, &f.system, "Display_1").await,
+        Err(EngineError::SystemNotFound(_))
+    ));
+
+    f.engine.shutdown().await;
+    assert_eq!(f.engine.running_modules(), 0);
+    assert!(f.engine.state(&f.tenant, &d).is_err());
+}
+
+/// Serve exactly one connection inside the task, so aborting the task drops it.
+fn one_connection(listener: tokio::net::TcpListener, display: DisplaySimulator) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Ok((stream, _)) = listener.accept().await {
+            display.serve(stream).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_transport_connects_and_reconnects() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let first = one_connection(listener, DisplaySimulator::default());
+    let f = fixture(&format!("tcp://127.0.0.1:{port}")).await;
+    f.engine.register_endpoint("occ", Arc::new(Occ(OccupancySimulator::new(None))));
+    f.engine.start_all().await.unwrap();
+    let d = f.engine.resolve(&f.tenant, &f.system, "Display_1").await.unwrap();
+    wait_for(&f.engine, &f.tenant, &d, "connected", json!(true)).await;
+    f.engine.exec(&f.tenant, &d, "volume", vec![json!(12)]).await.unwrap();
+    wait_for(&f.engine, &f.tenant, &d, "volume", json!(12)).await;
+
+    // The device drops the connection: `connected` follows, and sends are refused.
+    first.abort();
+    let _ = first.await;
+    wait_for(&f.engine, &f.tenant, &d, "connected", json!(false)).await;
+    let e = f.engine.exec(&f.tenant, &d, "volume", vec![json!(50)]).await.unwrap_err();
+    assert!(e.to_string().contains("not connected"), "{e}");
+
+    // The device comes back on the same address: the engine reconnects with backoff and
+    // the driver re-reads the new device's state.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let second = DisplaySimulator::default();
+    second.answer("VOLUME 77");
+    let _server = one_connection(listener, second.clone());
+    wait_for(&f.engine, &f.tenant, &d, "connected", json!(true)).await;
+    wait_for(&f.engine, &f.tenant, &d, "volume", json!(77)).await;
+    f.engine.shutdown().await;
+}
+
+#[tokio::test]
+async fn invalid_components_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let engine = Engine::new(EngineConfig::new(dir.path().to_path_buf()), store).unwrap();
+    let e = engine.install_component(b"hello".to_vec()).await.unwrap_err();
+    assert!(e.to_string().contains("not a WebAssembly binary"), "{e}");
+    let core_module = b"\0asm\x01\0\0\0".to_vec();
+    let e = engine.install_component(core_module).await.unwrap_err();
+    assert!(e.to_string().contains("not a component"), "{e}");
+    let mut truncated = lintel_bundled_drivers::DEMO_DISPLAY.component.to_vec();
+    truncated.truncate(truncated.len() / 2);
+    let e = engine.install_component(truncated).await.unwrap_err();
+    assert!(matches!(e, EngineError::InvalidDriver(_)), "{e}");
+}

@@ -1,0 +1,305 @@
+//! Host-owned transports: the engine opens the device connection a module's config names,
+//! frames what arrives, and writes what the driver queues. Drivers never hold sockets.
+
+use bytes::{Buf, BytesMut};
+use futures_util::StreamExt;
+use parking_lot::RwLock;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+
+use crate::actor::Event;
+use crate::state::ModuleStatus;
+
+/// Largest framed message handed to a driver (and largest single send).
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// How the byte stream is cut into messages (from the driver's metadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framing {
+    Raw,
+    Delimiter(Vec<u8>),
+    FixedLength(usize),
+}
+
+/// An in-process device, reachable as `sim://<name>` (the demo building's simulators).
+pub trait InProcessEndpoint: Send + Sync {
+    /// A fresh connection to the device.
+    fn connect(&self) -> DuplexStream;
+}
+
+pub(crate) type Endpoints = Arc<RwLock<HashMap<String, Arc<dyn InProcessEndpoint>>>>;
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Where a module's device is, parsed from its `uri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Tcp { host: String, port: u16 },
+    InProcess(String),
+}
+
+impl Target {
+    pub fn parse(uri: &str) -> Result<Self, String> {
+        if let Some(name) = uri.strip_prefix("sim://") {
+            if name.is_empty() {
+                return Err("sim:// needs a simulator name".into());
+            }
+            return Ok(Target::InProcess(name.to_string()));
+        }
+        let rest = uri
+            .strip_prefix("tcp://")
+            .ok_or_else(|| format!("unsupported uri `{uri}` (expected tcp://host:port)"))?;
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("uri `{uri}` has no port"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("uri `{uri}` has an invalid port"))?;
+        if host.is_empty() || port == 0 {
+            return Err(format!("uri `{uri}` needs a host and a non-zero port"));
+        }
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        Ok(Target::Tcp {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+async fn connect(target: &Target, endpoints: &Endpoints) -> Result<Box<dyn Stream>, String> {
+    match target {
+        Target::InProcess(name) => {
+            let ep = endpoints
+                .read()
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no in-process device `{name}`"))?;
+            Ok(Box::new(ep.connect()))
+        }
+        Target::Tcp { host, port } => {
+            let s = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                tokio::net::TcpStream::connect((host.as_str(), *port)),
+            )
+            .await
+            .map_err(|_| format!("connect to {host}:{port} timed out"))?
+            .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+            s.set_nodelay(true).ok();
+            Ok(Box::new(s))
+        }
+    }
+}
+
+/// Cuts a byte stream into frames, refusing any frame over `max`.
+pub struct FrameDecoder {
+    framing: Framing,
+    max: usize,
+}
+
+impl FrameDecoder {
+    pub fn new(framing: Framing, max: usize) -> Self {
+        FrameDecoder { framing, max }
+    }
+}
+
+impl Decoder for FrameDecoder {
+    type Item = Vec<u8>;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<u8>>, std::io::Error> {
+        let too_big = |n: usize| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("frame exceeds the {n}-byte limit"),
+            )
+        };
+        match &self.framing {
+            Framing::Raw => {
+                if buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = buf.len().min(self.max);
+                Ok(Some(buf.split_to(n).to_vec()))
+            }
+            Framing::FixedLength(n) => {
+                if *n > self.max {
+                    return Err(too_big(self.max));
+                }
+                if buf.len() < *n {
+                    return Ok(None);
+                }
+                Ok(Some(buf.split_to(*n).to_vec()))
+            }
+            Framing::Delimiter(d) => {
+                match buf.windows(d.len()).position(|w| w == d.as_slice()) {
+                    Some(pos) if pos > self.max => Err(too_big(self.max)),
+                    Some(pos) => {
+                        let frame = buf.split_to(pos).to_vec();
+                        buf.advance(d.len());
+                        Ok(Some(frame))
+                    }
+                    None if buf.len() > self.max + d.len() => Err(too_big(self.max)),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+}
+
+/// Runs one module's device connection until `cancel` fires: connect, deliver frames,
+/// write queued bytes, and reconnect with exponential backoff and jitter.
+pub(crate) struct TransportTask {
+    pub module_id: Arc<str>,
+    pub target: Target,
+    pub framing: Framing,
+    pub endpoints: Endpoints,
+    pub events: crate::EventSink,
+    pub outbound: mpsc::Receiver<Vec<u8>>,
+    pub connected: Arc<AtomicBool>,
+    pub status: ModuleStatus,
+    pub cancel: CancellationToken,
+}
+
+impl TransportTask {
+    pub async fn run(mut self) {
+        let mut backoff = BACKOFF_MIN;
+        self.status.set("connected", serde_json::Value::Bool(false));
+        loop {
+            let attempt = tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                r = connect(&self.target, &self.endpoints) => r,
+            };
+            match attempt {
+                Ok(stream) => {
+                    backoff = BACKOFF_MIN;
+                    tracing::info!(module = %self.module_id, "device connected");
+                    self.session(stream).await;
+                    self.connected.store(false, Ordering::SeqCst);
+                    self.status.set("connected", serde_json::Value::Bool(false));
+                    // PlaceOS semantics: commands queued for a lost connection are dropped.
+                    while self.outbound.try_recv().is_ok() {}
+                    if self.cancel.is_cancelled() {
+                        return;
+                    }
+                    let _ = self.events.send(Event::Disconnected).await;
+                }
+                Err(e) => {
+                    tracing::warn!(module = %self.module_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "device unreachable");
+                }
+            }
+            let jitter = rand::random::<f64>() * 0.3 + 0.85;
+            let wait = backoff.mul_f64(jitter);
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn session(&mut self, stream: Box<dyn Stream>) {
+        let (reader, mut writer) = tokio::io::split(stream);
+        let mut frames = FramedRead::new(reader, FrameDecoder::new(self.framing.clone(), MAX_FRAME_BYTES));
+        while self.outbound.try_recv().is_ok() {}
+        self.connected.store(true, Ordering::SeqCst);
+        self.status.set("connected", serde_json::Value::Bool(true));
+        if self.events.send(Event::Connected).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                frame = frames.next() => match frame {
+                    Some(Ok(data)) => {
+                        metrics::counter!("lintel_transport_frames_total").increment(1);
+                        if self.events.send(Event::Received(data)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(module = %self.module_id, error = %e, "device stream error; reconnecting");
+                        return;
+                    }
+                    None => {
+                        tracing::info!(module = %self.module_id, "device closed the connection");
+                        return;
+                    }
+                },
+                out = self.outbound.recv() => match out {
+                    Some(bytes) => {
+                        if let Err(e) = writer.write_all(&bytes).await {
+                            tracing::warn!(module = %self.module_id, error = %e, "write to device failed; reconnecting");
+                            return;
+                        }
+                    }
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(framing: Framing, max: usize, input: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+        let mut d = FrameDecoder::new(framing, max);
+        let mut buf = BytesMut::from(input);
+        let mut out = vec![];
+        while let Some(f) = d.decode(&mut buf).map_err(|e| e.to_string())? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn delimiter_framing_splits_and_keeps_partial_frames() {
+        let frames = decode_all(Framing::Delimiter(b"\r\n".to_vec()), 64, b"A=1\r\nB=2\r\nC=").unwrap();
+        assert_eq!(frames, vec![b"A=1".to_vec(), b"B=2".to_vec()]);
+    }
+
+    #[test]
+    fn oversized_frames_are_a_clear_error() {
+        let err = decode_all(Framing::Delimiter(b"\n".to_vec()), 8, &[b'x'; 20]).unwrap_err();
+        assert!(err.contains("8-byte limit"), "{err}");
+        let err = decode_all(Framing::Delimiter(b"\n".to_vec()), 8, b"0123456789\n").unwrap_err();
+        assert!(err.contains("8-byte limit"), "{err}");
+    }
+
+    #[test]
+    fn fixed_and_raw_framing() {
+        assert_eq!(
+            decode_all(Framing::FixedLength(2), 64, b"abcde").unwrap(),
+            vec![b"ab".to_vec(), b"cd".to_vec()]
+        );
+        assert_eq!(decode_all(Framing::Raw, 3, b"abcde").unwrap(), vec![b"abc".to_vec(), b"de".to_vec()]);
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            Target::parse("tcp://10.0.0.5:4352").unwrap(),
+            Target::Tcp { host: "10.0.0.5".into(), port: 4352 }
+        );
+        assert_eq!(
+            Target::parse("tcp://[::1]:23").unwrap(),
+            Target::Tcp { host: "::1".into(), port: 23 }
+        );
+        assert_eq!(Target::parse("sim://display-1").unwrap(), Target::InProcess("display-1".into()));
+        for bad in ["http://x:1", "tcp://host", "tcp://host:0", "tcp://:80", "tcp://h:99999", "sim://"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
