@@ -1,1 +1,98 @@
-fn main() {}
+//! `lintel`: the building-automation engine.
+
+mod bootstrap;
+mod config;
+mod demo;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Lintel: a self-hosted building-automation engine with sandboxed WebAssembly drivers
+/// and a PlaceOS-compatible API.
+#[derive(Parser)]
+#[command(name = "lintel", version, about)]
+struct Cli {
+    /// Configuration file [default: ./lintel.toml, if present]
+    #[arg(long, global = true, env = "LINTEL_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API, the engine and the embedded store in one process.
+    Serve,
+    /// Print the version and the driver ABI it supports.
+    Version,
+    /// Check the configuration and print the effective values (secrets left out).
+    Config,
+}
+
+fn load_config(cli: &Cli) -> Result<config::Config, ExitCode> {
+    let (path, required) = match &cli.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("lintel.toml"), false),
+    };
+    config::Config::load(&path, required).map_err(|e| {
+        eprintln!("error: configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!(
+                "lintel {} (driver ABI lintel:driver@{})",
+                env!("CARGO_PKG_VERSION"),
+                lintel_engine_abi()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Config => match load_config(&cli) {
+            Ok(cfg) => {
+                println!("{}", serde_json::to_string_pretty(&cfg).expect("config serialises"));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Command::Serve => {
+            let cfg = match load_config(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            serve::init_logging(&cfg);
+            let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics disabled");
+                    None
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve::serve(cfg, metrics)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "lintel serve failed");
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// The WIT package version the engine implements.
+fn lintel_engine_abi() -> &'static str {
+    "0.1.0"
+}

@@ -1,0 +1,160 @@
+//! The one mapping from domain errors to HTTP responses.
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpResponse, ResponseError};
+use lintel_auth::AuthError;
+use lintel_engine::EngineError;
+use lintel_store::StoreError;
+use serde::Serialize;
+
+/// Every error the API returns: `{"error": "<code>", "message": "<what happened>"}`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body exceeds the {0}-byte limit")]
+    PayloadTooLarge(usize),
+    #[error("{0}")]
+    Driver(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    Unavailable(String),
+    /// Details are logged, never sent: they may name internals.
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: String,
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::Driver(_) => "driver_error",
+            ApiError::Timeout(_) => "timeout",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Driver(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Internal(detail) = self {
+            tracing::error!(%detail, "internal error");
+        }
+        let mut r = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unauthorized(_) => {
+                r.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::Unavailable(_) => {
+                r.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
+        r.json(Body {
+            error: self.code(),
+            message: self.to_string(),
+        })
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::SystemNotFound(_)
+            | EngineError::ModuleNotFound(_)
+            | EngineError::ModuleNotRunning(_)
+            | EngineError::FunctionNotFound { .. } => ApiError::NotFound(e.to_string()),
+            EngineError::BadArguments { .. } | EngineError::InvalidDriver(_) => ApiError::BadRequest(e.to_string()),
+            EngineError::Driver(m) => ApiError::Driver(m),
+            EngineError::Timeout(_) => ApiError::Timeout(e.to_string()),
+            EngineError::Busy => ApiError::Unavailable(e.to_string()),
+            EngineError::Store(s) => s.into(),
+            EngineError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } => ApiError::Conflict(e.to_string()),
+            StoreError::Invalid(v) => ApiError::BadRequest(v.to_string()),
+            StoreError::Locked { .. } | StoreError::Backend(_) => ApiError::Unavailable("the store is unavailable".into()),
+            StoreError::Corrupt { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidCredentials | AuthError::InvalidToken(_) => ApiError::Unauthorized(e.to_string()),
+            AuthError::Keys(m) | AuthError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_domain_error_has_one_status() {
+        let cases: Vec<(ApiError, u16)> = vec![
+            (EngineError::ModuleNotFound("x".into()).into(), 404),
+            (EngineError::SystemNotFound("x".into()).into(), 404),
+            (EngineError::BadArguments { function: "f".into(), message: "m".into() }.into(), 400),
+            (EngineError::Driver("boom".into()).into(), 500),
+            (EngineError::Timeout(5000).into(), 504),
+            (EngineError::Busy.into(), 503),
+            (StoreError::Conflict { kind: lintel_model::IdKind::System, id: "sys-a".into(), expected: 1, actual: 2 }.into(), 409),
+            (AuthError::InvalidCredentials.into(), 401),
+            (ApiError::PayloadTooLarge(10), 413),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status_code().as_u16(), status, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn internal_details_are_not_sent() {
+        let e = ApiError::Internal("/var/lib/lintel/secret path".into());
+        assert_eq!(e.to_string(), "internal error");
+    }
+}

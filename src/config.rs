@@ -1,0 +1,338 @@
+//! Layered, typed configuration: built-in defaults < `lintel.toml` < `LINTEL_*` environment
+//! variables (`__` separates sections: `LINTEL_HTTP__PORT=9000`). Secrets may also come from
+//! files: `admin_password_file` / `LINTEL_ADMIN_PASSWORD_FILE`.
+//!
+//! Every value is checked at start; a bad one stops the process with an error naming its
+//! key and where it came from. Unknown keys are errors too (a typo never silently
+//! becomes a default).
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+/// Environment variables with the `LINTEL_` prefix that are not configuration keys.
+const NOT_CONFIG: &[&str] = &["CONFIG", "COUCHBASE_URL", "WASM_TARGET_DIR", "TEST_BIN"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the store, driver components and keys live.
+    pub data_dir: PathBuf,
+    pub http: Http,
+    pub log: Log,
+    pub engine: Engine,
+    pub auth: Auth,
+    pub bootstrap: Bootstrap,
+    /// The first-run admin password (prefer `admin_password_file`).
+    #[serde(skip_serializing)]
+    pub admin_password: Option<Secret>,
+    /// A file holding the first-run admin password.
+    pub admin_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    pub address: IpAddr,
+    /// 0 picks a free port (the chosen address is logged).
+    pub port: u16,
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; 0 = one per core.
+    pub workers: usize,
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `debug`, `info,lintel_engine=debug`, …
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Engine {
+    pub exec_timeout_ms: u64,
+    pub module_memory_mb: usize,
+    pub event_budget_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    pub token_ttl_secs: u64,
+    /// scrypt hashes computed at once (each takes ~128 MiB).
+    pub hash_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    pub tenant_name: String,
+    /// The tenant's domain: JWT `aud`, and how browsers reach this server.
+    pub domain: String,
+    pub admin_email: String,
+    /// Create the demo building (two rooms with simulated devices) on first run, and run
+    /// its simulators.
+    pub demo: bool,
+}
+
+/// A secret string: never printed by `Debug`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("lintel-data"),
+            http: Http {
+                address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                port: 8080,
+                max_body_bytes: 1024 * 1024,
+                workers: 0,
+                shutdown_timeout_secs: 10,
+            },
+            log: Log {
+                format: LogFormat::Human,
+                level: "info".into(),
+            },
+            engine: Engine {
+                exec_timeout_ms: 5_000,
+                module_memory_mb: 32,
+                event_budget_ms: 100,
+            },
+            auth: Auth {
+                token_ttl_secs: 3600,
+                hash_concurrency: 2,
+            },
+            bootstrap: Bootstrap {
+                tenant_name: "Demo".into(),
+                domain: "localhost".into(),
+                admin_email: "admin@lintel.local".into(),
+                demo: true,
+            },
+            admin_password: None,
+            admin_password_file: None,
+        }
+    }
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0}: not found")]
+    MissingFile(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn invalid(key: &str, message: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(format!("invalid `{key}`: {message}"))
+}
+
+impl Config {
+    /// Load `file` (if it exists; an explicitly named file must exist) and the environment.
+    pub fn load(file: &Path, file_required: bool) -> Result<Self, ConfigError> {
+        Self::load_from(file, file_required, Env::prefixed("LINTEL_"))
+    }
+
+    fn load_from(file: &Path, file_required: bool, env: Env) -> Result<Self, ConfigError> {
+        if file_required && !file.exists() {
+            return Err(ConfigError::MissingFile(file.to_path_buf()));
+        }
+        let env = env
+            .filter(|k| !NOT_CONFIG.iter().any(|n| k.as_str().eq_ignore_ascii_case(n)))
+            .split("__");
+        let figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(file))
+            .merge(env);
+        let mut cfg: Config = figment.extract().map_err(describe)?;
+        cfg.resolve_secret_files()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.admin_password_file {
+            if self.admin_password.is_some() {
+                return Err(invalid("admin_password_file", "set either admin_password or admin_password_file, not both"));
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("admin_password_file", format!("{}: {e}", path.display())))?;
+            self.admin_password = Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()));
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&self.http.max_body_bytes) {
+            return Err(invalid("http.max_body_bytes", "must be between 1024 and 268435456"));
+        }
+        if self.http.shutdown_timeout_secs > 600 {
+            return Err(invalid("http.shutdown_timeout_secs", "must be at most 600"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| invalid("log.level", e))?;
+        if !(100..=600_000).contains(&self.engine.exec_timeout_ms) {
+            return Err(invalid("engine.exec_timeout_ms", "must be between 100 and 600000"));
+        }
+        if !(1..=4096).contains(&self.engine.module_memory_mb) {
+            return Err(invalid("engine.module_memory_mb", "must be between 1 and 4096"));
+        }
+        if !(10..=60_000).contains(&self.engine.event_budget_ms) {
+            return Err(invalid("engine.event_budget_ms", "must be between 10 and 60000"));
+        }
+        if !(60..=86_400).contains(&self.auth.token_ttl_secs) {
+            return Err(invalid("auth.token_ttl_secs", "must be between 60 and 86400"));
+        }
+        if !(1..=64).contains(&self.auth.hash_concurrency) {
+            return Err(invalid("auth.hash_concurrency", "must be between 1 and 64"));
+        }
+        if self.bootstrap.tenant_name.trim().is_empty() {
+            return Err(invalid("bootstrap.tenant_name", "must not be empty"));
+        }
+        if self.bootstrap.domain.trim().is_empty() || self.bootstrap.domain.contains(['/', ' ', ':']) {
+            return Err(invalid("bootstrap.domain", "must be a host name such as rooms.example.com"));
+        }
+        if !self.bootstrap.admin_email.contains('@') {
+            return Err(invalid("bootstrap.admin_email", "must be an email address"));
+        }
+        if let Some(p) = &self.admin_password
+            && p.expose().chars().count() < 12
+        {
+            return Err(invalid("admin_password", "must be at least 12 characters"));
+        }
+        Ok(())
+    }
+
+    pub fn listen(&self) -> SocketAddr {
+        SocketAddr::new(self.http.address, self.http.port)
+    }
+}
+
+/// Turn figment's errors into one message per problem, naming the key and its source.
+fn describe(errors: figment::Error) -> ConfigError {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| {
+                    let profile = e.profile.clone().unwrap_or_default();
+                    match &m.source {
+                        Some(figment::Source::File(p)) => format!(" (in {})", p.display()),
+                        _ if m.name.contains("environment") => {
+                            format!(" (from {})", m.interpolate(&profile, &e.path))
+                        }
+                        _ => String::new(),
+                    }
+                })
+                .unwrap_or_default();
+            match &e.kind {
+                figment::error::Kind::UnknownField(field, _) => {
+                    let full = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+                    format!("unknown key `{full}`{source}")
+                }
+                kind => format!("invalid `{key}`{source}: {kind}"),
+            }
+        })
+        .collect();
+    ConfigError::Invalid(lines.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("lintel.toml");
+        std::fs::write(&file, toml).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in env {
+                jail.set_env(k, v);
+            }
+            let r = Config::load_from(&file, true, Env::prefixed("LINTEL_"));
+            Ok::<_, figment::Error>(r)
+        })
+    }
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.listen().to_string(), "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("lintel-data"));
+        let c = load("[http]\nport = 9000\n", &[]).unwrap();
+        assert_eq!(c.http.port, 9000);
+        let c = load("[http]\nport = 9000\n", &[("LINTEL_HTTP__PORT", "9100"), ("LINTEL_CONFIG", "x")]).unwrap();
+        assert_eq!(c.http.port, 9100);
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_source() {
+        let e = load("", &[("LINTEL_HTTP__PORT", "eighty")]).unwrap_err().to_string();
+        assert!(e.contains("`http.port`") && e.contains("LINTEL_HTTP__PORT"), "{e}");
+        let e = load("[http]\nport = 70000\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("`http.port`") && e.contains("lintel.toml"), "{e}");
+        let e = load("[log]\nformat = \"xml\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("`log.format`"), "{e}");
+        let e = load("[engine]\nexec_timeout_ms = 1\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("`engine.exec_timeout_ms`"), "{e}");
+        let e = load("[log]\nlevel = \"info,[[\"\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("`log.level`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = load("[http]\nprot = 1\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `http.prot`"), "{e}");
+        let e = load("", &[("LINTEL_DATADIR", "/x")]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `datadir`"), "{e}");
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "correct-horse-battery\n").unwrap();
+        let c = load("", &[("LINTEL_ADMIN_PASSWORD_FILE", pw.to_str().unwrap())]).unwrap();
+        assert_eq!(c.admin_password.as_ref().unwrap().expose(), "correct-horse-battery");
+        assert!(!format!("{c:?}").contains("correct-horse"));
+        let e = load("", &[("LINTEL_ADMIN_PASSWORD_FILE", "/nonexistent/pw")]).unwrap_err().to_string();
+        assert!(e.contains("`admin_password_file`"), "{e}");
+        let e = load("", &[("LINTEL_ADMIN_PASSWORD", "short")]).unwrap_err().to_string();
+        assert!(e.contains("`admin_password`") && !e.contains("short"), "{e}");
+    }
+
+    #[test]
+    fn a_named_config_file_must_exist() {
+        let e = Config::load(Path::new("/nonexistent/lintel.toml"), true).unwrap_err();
+        assert!(matches!(e, ConfigError::MissingFile(_)));
+    }
+}

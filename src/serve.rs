@@ -1,0 +1,134 @@
+//! `lintel serve`: API + engine + embedded store in one process.
+
+use crate::config::{Config, LogFormat};
+use crate::{bootstrap, demo};
+use anyhow::Context;
+use lintel_api::{AppState, HttpConfig};
+use lintel_auth::{PasswordHasher, TokenIssuer};
+use lintel_engine::{Engine, EngineConfig, SandboxLimits};
+use lintel_store::{EmbeddedStore, Store};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+/// Create the data directory and prove it is writable, before anything else is written.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("data_dir {}: cannot create it", dir.display()))?;
+    let probe = dir.join(format!(".write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").with_context(|| format!("data_dir {}: not writable", dir.display()))?;
+    std::fs::remove_file(&probe).with_context(|| format!("data_dir {}: cannot remove a file in it", dir.display()))?;
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C will stop the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+pub async fn serve(cfg: Config, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // Bind first: a taken port fails before the data directory is touched.
+    let listener = std::net::TcpListener::bind(cfg.listen()).with_context(|| format!("cannot listen on {}", cfg.listen()))?;
+    let addr = listener.local_addr()?;
+    prepare_data_dir(&cfg.data_dir)?;
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&cfg.data_dir).context("cannot open the store")?);
+    let tokens = Arc::new(
+        TokenIssuer::load_or_create(&cfg.data_dir, Duration::from_secs(cfg.auth.token_ttl_secs))
+            .context("cannot load the token signing key")?,
+    );
+    let mut engine_cfg = EngineConfig::new(cfg.data_dir.clone());
+    engine_cfg.exec_timeout = Duration::from_millis(cfg.engine.exec_timeout_ms);
+    engine_cfg.limits = SandboxLimits {
+        memory_bytes: cfg.engine.module_memory_mb * 1024 * 1024,
+        event_budget: Duration::from_millis(cfg.engine.event_budget_ms),
+        ..SandboxLimits::default()
+    };
+    let engine = Arc::new(Engine::new(engine_cfg, store.clone()).context("cannot start the engine")?);
+    if cfg.bootstrap.demo {
+        demo::start_simulators(&engine);
+    }
+    let passwords = PasswordHasher::new(cfg.auth.hash_concurrency);
+
+    if let Some(first) = bootstrap::first_run(&cfg, store.as_ref(), &engine, &passwords)
+        .await
+        .context("first-run set-up failed; nothing was written")?
+    {
+        tracing::info!(tenant = %first.tenant.id, domain = %first.tenant.domain, admin = %first.admin_email, demo = cfg.bootstrap.demo, "first run: created the tenant and admin account");
+        if let Some(password) = first.generated_password {
+            // Shown once, on the terminal only (not in the log stream); it is stored hashed.
+            eprintln!(
+                "\n  Lintel first run: an admin account was created.\n    user:     {}\n    password: {password}\n  This password is shown once. Sign in with it and change it.\n",
+                first.admin_email
+            );
+        }
+    }
+
+    let http = HttpConfig {
+        max_body_bytes: cfg.http.max_body_bytes,
+        workers: cfg.http.workers,
+        shutdown_timeout: Duration::from_secs(cfg.http.shutdown_timeout_secs),
+    };
+    let state = AppState {
+        engine: engine.clone(),
+        store: store.clone(),
+        tokens,
+        passwords,
+        metrics,
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let server = lintel_api::serve(listener, &http, state).context("cannot start the HTTP server")?;
+    let handle = server.handle();
+    let mut server_task = tokio::spawn(server);
+    tracing::info!(address = %addr, url = %format!("http://{addr}"), "listening");
+
+    let starter = {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            match engine.start_all().await {
+                Ok(n) => tracing::info!(modules = n, ms = started.elapsed().as_millis() as u64, "ready"),
+                Err(e) => tracing::error!(error = %e, "modules could not be started"),
+            }
+        })
+    };
+
+    let reason = tokio::select! {
+        r = shutdown_signal() => r,
+        r = &mut server_task => {
+            engine.shutdown().await;
+            return match r {
+                Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
+                Ok(Err(e)) => Err(e).context("the HTTP server failed"),
+                Err(e) => Err(e).context("the HTTP server task failed"),
+            };
+        }
+    };
+    tracing::info!(signal = reason, "shutting down: finishing in-flight requests");
+    handle.stop(true).await;
+    let _ = server_task.await;
+    starter.abort();
+    engine.shutdown().await;
+    drop(engine);
+    drop(store);
+    tracing::info!("stopped");
+    Ok(())
+}
