@@ -238,26 +238,26 @@ fn describe(errors: figment::Error) -> ConfigError {
     let lines: Vec<String> = errors
         .into_iter()
         .map(|e| {
-            let key = e.path.join(".");
-            let source = e
-                .metadata
-                .as_ref()
-                .map(|m| {
-                    let profile = e.profile.clone().unwrap_or_default();
-                    match &m.source {
-                        Some(figment::Source::File(p)) => format!(" (in {})", p.display()),
-                        _ if m.name.contains("environment") => {
-                            format!(" (from {})", m.interpolate(&profile, &e.path))
-                        }
-                        _ => String::new(),
+            let mut path = e.path.clone();
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind
+                && path.last() != Some(field)
+            {
+                path.push(field.clone());
+            }
+            let key = path.join(".");
+            let source = match e.metadata.as_ref() {
+                Some(m) => match &m.source {
+                    Some(figment::Source::File(p)) => format!(" (in {})", p.display()),
+                    _ if m.name.contains("environment") => {
+                        let var: Vec<String> = path.iter().map(|p| p.to_ascii_uppercase()).collect();
+                        format!(" (from LINTEL_{})", var.join("__"))
                     }
-                })
-                .unwrap_or_default();
+                    _ => String::new(),
+                },
+                None => String::new(),
+            };
             match &e.kind {
-                figment::error::Kind::UnknownField(field, _) => {
-                    let full = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
-                    format!("unknown key `{full}`{source}")
-                }
+                figment::error::Kind::UnknownField(..) => format!("unknown key `{key}`{source}"),
                 kind => format!("invalid `{key}`{source}: {kind}"),
             }
         })
@@ -273,14 +273,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("lintel.toml");
         std::fs::write(&file, toml).unwrap();
+        let mut out = None;
+        // Jail serialises tests that touch the process environment.
         figment::Jail::expect_with(|jail| {
             jail.clear_env();
             for (k, v) in env {
                 jail.set_env(k, v);
             }
-            let r = Config::load_from(&file, true, Env::prefixed("LINTEL_"));
-            Ok::<_, figment::Error>(r)
-        })
+            out = Some(Config::load_from(&file, true, Env::prefixed("LINTEL_")));
+            Ok(())
+        });
+        out.expect("the jail ran the closure")
     }
 
     #[test]
@@ -311,9 +314,9 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         let e = load("[http]\nprot = 1\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("unknown key `http.prot`"), "{e}");
+        assert!(e.contains("unknown key `http.prot` "), "{e}");
         let e = load("", &[("LINTEL_DATADIR", "/x")]).unwrap_err().to_string();
-        assert!(e.contains("unknown key `datadir`"), "{e}");
+        assert!(e.contains("unknown key `datadir` (from LINTEL_DATADIR)"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,6 @@
+//! End-to-end tier: the real `lintel` binary, started on a free port with a temporary data
+//! directory, driven over HTTP like a user or a BI tool would.
+
+mod bad_input;
+mod harness;
+mod serve;
