@@ -14,7 +14,12 @@ use serde_json::json;
 /// The demo simulators' in-process names (`sim://<name>`), per room.
 pub const DEMO_ROOMS: [(&str, u32, &str, &str); 2] = [
     ("Room 1.01 Huddle", 4, "demo-display-1", "demo-occupancy-1"),
-    ("Room 1.02 Boardroom", 12, "demo-display-2", "demo-occupancy-2"),
+    (
+        "Room 1.02 Boardroom",
+        12,
+        "demo-display-2",
+        "demo-occupancy-2",
+    ),
 ];
 
 pub struct FirstRun {
@@ -73,7 +78,10 @@ pub async fn first_run(
 
 /// A zone tree (org → building → level) with two rooms, each with a display and an
 /// occupancy sensor driven by the bundled demo drivers against in-process simulators.
-async fn demo_building(tenant_id: &str, engine: &Engine) -> anyhow::Result<Vec<Box<dyn ErasedRecord>>> {
+async fn demo_building(
+    tenant_id: &str,
+    engine: &Engine,
+) -> anyhow::Result<Vec<Box<dyn ErasedRecord>>> {
     let now = now_unix();
     let zone = |name: &str, tag: &str, parent: Option<&str>| Zone {
         id: new_id(IdKind::Zone),
@@ -90,10 +98,14 @@ async fn demo_building(tenant_id: &str, engine: &Engine) -> anyhow::Result<Vec<B
     let building = zone("Demo HQ", "building", Some(&org.id));
     let level = zone("Level 1", "level", Some(&building.id));
     let zones = vec![org.id.clone(), building.id.clone(), level.id.clone()];
-    let mut out: Vec<Box<dyn ErasedRecord>> = vec![Box::new(org), Box::new(building), Box::new(level)];
+    let mut out: Vec<Box<dyn ErasedRecord>> =
+        vec![Box::new(org), Box::new(building), Box::new(level)];
 
     let mut drivers = Vec::new();
-    for bundled in [lintel_bundled_drivers::DEMO_DISPLAY, lintel_bundled_drivers::DEMO_OCCUPANCY] {
+    for bundled in [
+        lintel_bundled_drivers::DEMO_DISPLAY,
+        lintel_bundled_drivers::DEMO_OCCUPANCY,
+    ] {
         let (hash, info) = engine.install_component(bundled.component.to_vec()).await?;
         let record = DriverRecord {
             id: new_id(IdKind::Driver),

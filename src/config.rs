@@ -162,7 +162,11 @@ impl Config {
             return Err(ConfigError::MissingFile(file.to_path_buf()));
         }
         let env = env
-            .filter(|k| !NOT_CONFIG.iter().any(|n| k.as_str().eq_ignore_ascii_case(n)))
+            .filter(|k| {
+                !NOT_CONFIG
+                    .iter()
+                    .any(|n| k.as_str().eq_ignore_ascii_case(n))
+            })
             .split("__");
         let figment = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::file(file))
@@ -176,7 +180,10 @@ impl Config {
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
         if let Some(path) = &self.admin_password_file {
             if self.admin_password.is_some() {
-                return Err(invalid("admin_password_file", "set either admin_password or admin_password_file, not both"));
+                return Err(invalid(
+                    "admin_password_file",
+                    "set either admin_password or admin_password_file, not both",
+                ));
             }
             let text = std::fs::read_to_string(path)
                 .map_err(|e| invalid("admin_password_file", format!("{}: {e}", path.display())))?;
@@ -190,23 +197,39 @@ impl Config {
             return Err(invalid("data_dir", "must not be empty"));
         }
         if !(1024..=256 * 1024 * 1024).contains(&self.http.max_body_bytes) {
-            return Err(invalid("http.max_body_bytes", "must be between 1024 and 268435456"));
+            return Err(invalid(
+                "http.max_body_bytes",
+                "must be between 1024 and 268435456",
+            ));
         }
         if self.http.shutdown_timeout_secs > 600 {
             return Err(invalid("http.shutdown_timeout_secs", "must be at most 600"));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| invalid("log.level", e))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", e))?;
         if !(100..=600_000).contains(&self.engine.exec_timeout_ms) {
-            return Err(invalid("engine.exec_timeout_ms", "must be between 100 and 600000"));
+            return Err(invalid(
+                "engine.exec_timeout_ms",
+                "must be between 100 and 600000",
+            ));
         }
         if !(1..=4096).contains(&self.engine.module_memory_mb) {
-            return Err(invalid("engine.module_memory_mb", "must be between 1 and 4096"));
+            return Err(invalid(
+                "engine.module_memory_mb",
+                "must be between 1 and 4096",
+            ));
         }
         if !(10..=60_000).contains(&self.engine.event_budget_ms) {
-            return Err(invalid("engine.event_budget_ms", "must be between 10 and 60000"));
+            return Err(invalid(
+                "engine.event_budget_ms",
+                "must be between 10 and 60000",
+            ));
         }
         if !(60..=86_400).contains(&self.auth.token_ttl_secs) {
-            return Err(invalid("auth.token_ttl_secs", "must be between 60 and 86400"));
+            return Err(invalid(
+                "auth.token_ttl_secs",
+                "must be between 60 and 86400",
+            ));
         }
         if !(1..=64).contains(&self.auth.hash_concurrency) {
             return Err(invalid("auth.hash_concurrency", "must be between 1 and 64"));
@@ -214,8 +237,13 @@ impl Config {
         if self.bootstrap.tenant_name.trim().is_empty() {
             return Err(invalid("bootstrap.tenant_name", "must not be empty"));
         }
-        if self.bootstrap.domain.trim().is_empty() || self.bootstrap.domain.contains(['/', ' ', ':']) {
-            return Err(invalid("bootstrap.domain", "must be a host name such as rooms.example.com"));
+        if self.bootstrap.domain.trim().is_empty()
+            || self.bootstrap.domain.contains(['/', ' ', ':'])
+        {
+            return Err(invalid(
+                "bootstrap.domain",
+                "must be a host name such as rooms.example.com",
+            ));
         }
         if !self.bootstrap.admin_email.contains('@') {
             return Err(invalid("bootstrap.admin_email", "must be an email address"));
@@ -249,7 +277,8 @@ fn describe(errors: figment::Error) -> ConfigError {
                 Some(m) => match &m.source {
                     Some(figment::Source::File(p)) => format!(" (in {})", p.display()),
                     _ if m.name.contains("environment") => {
-                        let var: Vec<String> = path.iter().map(|p| p.to_ascii_uppercase()).collect();
+                        let var: Vec<String> =
+                            path.iter().map(|p| p.to_ascii_uppercase()).collect();
                         format!(" (from LINTEL_{})", var.join("__"))
                     }
                     _ => String::new(),
@@ -269,6 +298,7 @@ fn describe(errors: figment::Error) -> ConfigError {
 mod tests {
     use super::*;
 
+    #[allow(clippy::result_large_err)] // figment::Jail's signature, tests only
     fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("lintel.toml");
@@ -293,21 +323,39 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("lintel-data"));
         let c = load("[http]\nport = 9000\n", &[]).unwrap();
         assert_eq!(c.http.port, 9000);
-        let c = load("[http]\nport = 9000\n", &[("LINTEL_HTTP__PORT", "9100"), ("LINTEL_CONFIG", "x")]).unwrap();
+        let c = load(
+            "[http]\nport = 9000\n",
+            &[("LINTEL_HTTP__PORT", "9100"), ("LINTEL_CONFIG", "x")],
+        )
+        .unwrap();
         assert_eq!(c.http.port, 9100);
     }
 
     #[test]
     fn bad_values_name_the_key_and_source() {
-        let e = load("", &[("LINTEL_HTTP__PORT", "eighty")]).unwrap_err().to_string();
-        assert!(e.contains("`http.port`") && e.contains("LINTEL_HTTP__PORT"), "{e}");
+        let e = load("", &[("LINTEL_HTTP__PORT", "eighty")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`http.port`") && e.contains("LINTEL_HTTP__PORT"),
+            "{e}"
+        );
         let e = load("[http]\nport = 70000\n", &[]).unwrap_err().to_string();
-        assert!(e.contains("`http.port`") && e.contains("lintel.toml"), "{e}");
-        let e = load("[log]\nformat = \"xml\"\n", &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("`http.port`") && e.contains("lintel.toml"),
+            "{e}"
+        );
+        let e = load("[log]\nformat = \"xml\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`log.format`"), "{e}");
-        let e = load("[engine]\nexec_timeout_ms = 1\n", &[]).unwrap_err().to_string();
+        let e = load("[engine]\nexec_timeout_ms = 1\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`engine.exec_timeout_ms`"), "{e}");
-        let e = load("[log]\nlevel = \"info,[[\"\n", &[]).unwrap_err().to_string();
+        let e = load("[log]\nlevel = \"info,[[\"\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`log.level`"), "{e}");
     }
 
@@ -315,8 +363,13 @@ mod tests {
     fn unknown_keys_are_errors() {
         let e = load("[http]\nprot = 1\n", &[]).unwrap_err().to_string();
         assert!(e.contains("unknown key `http.prot` "), "{e}");
-        let e = load("", &[("LINTEL_DATADIR", "/x")]).unwrap_err().to_string();
-        assert!(e.contains("unknown key `datadir` (from LINTEL_DATADIR)"), "{e}");
+        let e = load("", &[("LINTEL_DATADIR", "/x")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown key `datadir` (from LINTEL_DATADIR)"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -325,12 +378,22 @@ mod tests {
         let pw = dir.path().join("pw");
         std::fs::write(&pw, "correct-horse-battery\n").unwrap();
         let c = load("", &[("LINTEL_ADMIN_PASSWORD_FILE", pw.to_str().unwrap())]).unwrap();
-        assert_eq!(c.admin_password.as_ref().unwrap().expose(), "correct-horse-battery");
+        assert_eq!(
+            c.admin_password.as_ref().unwrap().expose(),
+            "correct-horse-battery"
+        );
         assert!(!format!("{c:?}").contains("correct-horse"));
-        let e = load("", &[("LINTEL_ADMIN_PASSWORD_FILE", "/nonexistent/pw")]).unwrap_err().to_string();
+        let e = load("", &[("LINTEL_ADMIN_PASSWORD_FILE", "/nonexistent/pw")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`admin_password_file`"), "{e}");
-        let e = load("", &[("LINTEL_ADMIN_PASSWORD", "short")]).unwrap_err().to_string();
-        assert!(e.contains("`admin_password`") && !e.contains("short"), "{e}");
+        let e = load("", &[("LINTEL_ADMIN_PASSWORD", "short")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`admin_password`") && !e.contains("short"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub fn start_simulators(engine: &Engine) {
         engine.register_endpoint(display, Arc::new(Display(DisplaySimulator::default())));
         // Rooms change at different rhythms so the demo looks alive.
         let period = Duration::from_millis(2_000 + 1_000 * i as u64);
-        engine.register_endpoint(occupancy, Arc::new(Occupancy(OccupancySimulator::new(Some(period)))));
+        engine.register_endpoint(
+            occupancy,
+            Arc::new(Occupancy(OccupancySimulator::new(Some(period)))),
+        );
     }
 }

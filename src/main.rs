@@ -49,13 +49,16 @@ fn main() -> ExitCode {
             println!(
                 "lintel {} (driver ABI lintel:driver@{})",
                 env!("CARGO_PKG_VERSION"),
-                lintel_engine_abi()
+                lintel_engine::DRIVER_ABI
             );
             ExitCode::SUCCESS
         }
         Command::Config => match load_config(&cli) {
             Ok(cfg) => {
-                println!("{}", serde_json::to_string_pretty(&cfg).expect("config serialises"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cfg).expect("config serialises")
+                );
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -66,14 +69,18 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             serve::init_logging(&cfg);
-            let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-                Ok(h) => Some(h),
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics disabled");
-                    None
-                }
-            };
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let metrics =
+                match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics disabled");
+                        None
+                    }
+                };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
@@ -90,9 +97,4 @@ fn main() -> ExitCode {
             }
         }
     }
-}
-
-/// The WIT package version the engine implements.
-fn lintel_engine_abi() -> &'static str {
-    "0.1.0"
 }

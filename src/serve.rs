@@ -14,19 +14,28 @@ use std::time::{Duration, Instant};
 pub fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     match cfg.log.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Human => builder.init(),
     }
 }
 
 /// Create the data directory and prove it is writable, before anything else is written.
 fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("data_dir {}: cannot create it", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("data_dir {}: cannot create it", dir.display()))?;
     let probe = dir.join(format!(".write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"ok").with_context(|| format!("data_dir {}: not writable", dir.display()))?;
-    std::fs::remove_file(&probe).with_context(|| format!("data_dir {}: cannot remove a file in it", dir.display()))?;
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("data_dir {}: not writable", dir.display()))?;
+    std::fs::remove_file(&probe)
+        .with_context(|| format!("data_dir {}: cannot remove a file in it", dir.display()))?;
     Ok(())
 }
 
@@ -45,13 +54,18 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-pub async fn serve(cfg: Config, metrics: Option<metrics_exporter_prometheus::PrometheusHandle>) -> anyhow::Result<()> {
+pub async fn serve(
+    cfg: Config,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     // Bind first: a taken port fails before the data directory is touched.
-    let listener = std::net::TcpListener::bind(cfg.listen()).with_context(|| format!("cannot listen on {}", cfg.listen()))?;
+    let listener = std::net::TcpListener::bind(cfg.listen())
+        .with_context(|| format!("cannot listen on {}", cfg.listen()))?;
     let addr = listener.local_addr()?;
     prepare_data_dir(&cfg.data_dir)?;
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&cfg.data_dir).context("cannot open the store")?);
+    let store: Arc<dyn Store> =
+        Arc::new(EmbeddedStore::open(&cfg.data_dir).context("cannot open the store")?);
     let tokens = Arc::new(
         TokenIssuer::load_or_create(&cfg.data_dir, Duration::from_secs(cfg.auth.token_ttl_secs))
             .context("cannot load the token signing key")?,
@@ -63,7 +77,8 @@ pub async fn serve(cfg: Config, metrics: Option<metrics_exporter_prometheus::Pro
         event_budget: Duration::from_millis(cfg.engine.event_budget_ms),
         ..SandboxLimits::default()
     };
-    let engine = Arc::new(Engine::new(engine_cfg, store.clone()).context("cannot start the engine")?);
+    let engine =
+        Arc::new(Engine::new(engine_cfg, store.clone()).context("cannot start the engine")?);
     if cfg.bootstrap.demo {
         demo::start_simulators(&engine);
     }
@@ -96,7 +111,8 @@ pub async fn serve(cfg: Config, metrics: Option<metrics_exporter_prometheus::Pro
         metrics,
         version: env!("CARGO_PKG_VERSION"),
     };
-    let server = lintel_api::serve(listener, &http, state).context("cannot start the HTTP server")?;
+    let server =
+        lintel_api::serve(listener, &http, state).context("cannot start the HTTP server")?;
     let handle = server.handle();
     let mut server_task = tokio::spawn(server);
     tracing::info!(address = %addr, url = %format!("http://{addr}"), "listening");
@@ -105,7 +121,11 @@ pub async fn serve(cfg: Config, metrics: Option<metrics_exporter_prometheus::Pro
         let engine = engine.clone();
         tokio::spawn(async move {
             match engine.start_all().await {
-                Ok(n) => tracing::info!(modules = n, ms = started.elapsed().as_millis() as u64, "ready"),
+                Ok(n) => tracing::info!(
+                    modules = n,
+                    ms = started.elapsed().as_millis() as u64,
+                    "ready"
+                ),
                 Err(e) => tracing::error!(error = %e, "modules could not be started"),
             }
         })
@@ -122,7 +142,10 @@ pub async fn serve(cfg: Config, metrics: Option<metrics_exporter_prometheus::Pro
             };
         }
     };
-    tracing::info!(signal = reason, "shutting down: finishing in-flight requests");
+    tracing::info!(
+        signal = reason,
+        "shutting down: finishing in-flight requests"
+    );
     handle.stop(true).await;
     let _ = server_task.await;
     starter.abort();

@@ -16,7 +16,9 @@ fn bearer(req: &HttpRequest) -> Option<String> {
     if let Some(h) = req.headers().get(header::AUTHORIZATION) {
         let v = h.to_str().ok()?;
         let (scheme, token) = v.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_string());
     }
     web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
         .ok()
@@ -32,16 +34,21 @@ impl FromRequest for Authenticated {
         let token = bearer(req);
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("app state missing".into()))?;
-            let token = token.ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
+            let token =
+                token.ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
             let claims = state.tokens.verify(&token)?;
             let tenant = tenant_by_domain(&state, &claims.aud)
                 .await?
-                .ok_or_else(|| ApiError::Unauthorized("token audience is not a tenant here".into()))?;
+                .ok_or_else(|| {
+                    ApiError::Unauthorized("token audience is not a tenant here".into())
+                })?;
             let user: User = state
                 .store
                 .get(&tenant.id, &claims.sub)
                 .await?
-                .ok_or_else(|| ApiError::Unauthorized("token subject is not a user of its tenant".into()))?;
+                .ok_or_else(|| {
+                    ApiError::Unauthorized("token subject is not a user of its tenant".into())
+                })?;
             Ok(Authenticated(Principal {
                 tenant_id: tenant.id,
                 user_id: user.id,
@@ -51,7 +58,12 @@ impl FromRequest for Authenticated {
     }
 }
 
-pub(crate) async fn tenant_by_domain(state: &AppState, domain: &str) -> Result<Option<Tenant>, ApiError> {
+pub(crate) async fn tenant_by_domain(
+    state: &AppState,
+    domain: &str,
+) -> Result<Option<Tenant>, ApiError> {
     let tenants: Vec<Tenant> = state.store.list("").await?;
-    Ok(tenants.into_iter().find(|t| t.domain.eq_ignore_ascii_case(domain)))
+    Ok(tenants
+        .into_iter()
+        .find(|t| t.domain.eq_ignore_ascii_case(domain)))
 }

@@ -99,7 +99,9 @@ impl From<EngineError> for ApiError {
             | EngineError::ModuleNotFound(_)
             | EngineError::ModuleNotRunning(_)
             | EngineError::FunctionNotFound { .. } => ApiError::NotFound(e.to_string()),
-            EngineError::BadArguments { .. } | EngineError::InvalidDriver(_) => ApiError::BadRequest(e.to_string()),
+            EngineError::BadArguments { .. } | EngineError::InvalidDriver(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
             EngineError::Driver(m) => ApiError::Driver(m),
             EngineError::Timeout(_) => ApiError::Timeout(e.to_string()),
             EngineError::Busy => ApiError::Unavailable(e.to_string()),
@@ -113,9 +115,13 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } => ApiError::Conflict(e.to_string()),
+            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
             StoreError::Invalid(v) => ApiError::BadRequest(v.to_string()),
-            StoreError::Locked { .. } | StoreError::Backend(_) => ApiError::Unavailable("the store is unavailable".into()),
+            StoreError::Locked { .. } | StoreError::Backend(_) => {
+                ApiError::Unavailable("the store is unavailable".into())
+            }
             StoreError::Corrupt { .. } => ApiError::Internal(e.to_string()),
         }
     }
@@ -124,7 +130,9 @@ impl From<StoreError> for ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::InvalidCredentials | AuthError::InvalidToken(_) => ApiError::Unauthorized(e.to_string()),
+            AuthError::InvalidCredentials | AuthError::InvalidToken(_) => {
+                ApiError::Unauthorized(e.to_string())
+            }
             AuthError::Keys(m) | AuthError::Internal(m) => ApiError::Internal(m),
         }
     }
@@ -139,11 +147,27 @@ mod tests {
         let cases: Vec<(ApiError, u16)> = vec![
             (EngineError::ModuleNotFound("x".into()).into(), 404),
             (EngineError::SystemNotFound("x".into()).into(), 404),
-            (EngineError::BadArguments { function: "f".into(), message: "m".into() }.into(), 400),
+            (
+                EngineError::BadArguments {
+                    function: "f".into(),
+                    message: "m".into(),
+                }
+                .into(),
+                400,
+            ),
             (EngineError::Driver("boom".into()).into(), 500),
             (EngineError::Timeout(5000).into(), 504),
             (EngineError::Busy.into(), 503),
-            (StoreError::Conflict { kind: lintel_model::IdKind::System, id: "sys-a".into(), expected: 1, actual: 2 }.into(), 409),
+            (
+                StoreError::Conflict {
+                    kind: lintel_model::IdKind::System,
+                    id: "sys-a".into(),
+                    expected: 1,
+                    actual: 2,
+                }
+                .into(),
+                409,
+            ),
             (AuthError::InvalidCredentials.into(), 401),
             (ApiError::PayloadTooLarge(10), 413),
         ];

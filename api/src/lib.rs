@@ -33,7 +33,8 @@ pub struct AppState {
 
 /// A scrypt hash (N=2^17) of a random password nobody knows: verified for unknown users,
 /// so login timing does not reveal which accounts exist.
-pub(crate) const DUMMY_HASH: &str = "$scrypt$ln=17,r=8,p=1$TOqLgUbGceKbCMSWUtRJZw$lYZ9b+kD9NJ2YN6s9H/pycwcowjOlMA6c9dQGnO/gNQ";
+pub(crate) const DUMMY_HASH: &str =
+    "$scrypt$ln=17,r=8,p=1$TOqLgUbGceKbCMSWUtRJZw$lYZ9b+kD9NJ2YN6s9H/pycwcowjOlMA6c9dQGnO/gNQ";
 
 /// HTTP settings (the `[http]` section of `lintel.toml`).
 #[derive(Debug, Clone)]
@@ -46,12 +47,14 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
 }
 
-
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Request id, access log and request metrics. Only the path is logged, never the query
 /// string: the token endpoint and `bearer_token` carry credentials there.
-async fn observe(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+async fn observe(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let id = req
         .headers()
         .get(&REQUEST_ID)

@@ -21,7 +21,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/systems", web::get().to(list_systems))
                 .route("/systems/{sys}", web::get().to(get_system))
                 .route("/systems/{sys}/{module}", web::get().to(module_state))
-                .route("/systems/{sys}/{module}/{key}", web::get().to(module_state_key))
+                .route(
+                    "/systems/{sys}/{module}/{key}",
+                    web::get().to(module_state_key),
+                )
                 .route("/systems/{sys}/{module}/{function}", web::post().to(exec)),
         );
 }
@@ -64,7 +67,11 @@ async fn jwks(state: web::Data<AppState>) -> HttpResponse {
 
 /// The tenant a browser-facing auth request is for: by `authority` id, by the Host the
 /// client used, or the only tenant there is.
-async fn tenant_for(state: &AppState, req: &HttpRequest, authority: Option<&str>) -> Result<Tenant> {
+async fn tenant_for(
+    state: &AppState,
+    req: &HttpRequest,
+    authority: Option<&str>,
+) -> Result<Tenant> {
     let tenants: Vec<Tenant> = state.store.list("").await?;
     if let Some(id) = authority {
         return tenants
@@ -72,7 +79,13 @@ async fn tenant_for(state: &AppState, req: &HttpRequest, authority: Option<&str>
             .find(|t| t.id == id)
             .ok_or_else(|| ApiError::NotFound("unknown authority".into()));
     }
-    let host = req.connection_info().host().split(':').next().unwrap_or_default().to_string();
+    let host = req
+        .connection_info()
+        .host()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     if let Some(t) = tenant_by_domain(state, &host).await? {
         return Ok(t);
     }
@@ -123,7 +136,11 @@ async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -
         return oauth_error(bad, "invalid_request", "malformed form parameters");
     };
     if r.grant_type.as_deref() != Some("password") {
-        return oauth_error(bad, "unsupported_grant_type", "only grant_type=password is supported");
+        return oauth_error(
+            bad,
+            "unsupported_grant_type",
+            "only grant_type=password is supported",
+        );
     }
     let (Some(username), Some(password)) = (r.username, r.password) else {
         return oauth_error(bad, "invalid_request", "username and password are required");
@@ -134,9 +151,14 @@ async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -
     };
     let issued = async {
         let users: Vec<User> = state.store.list(&tenant.id).await?;
-        let user = users.into_iter().find(|u| u.email.eq_ignore_ascii_case(&username));
+        let user = users
+            .into_iter()
+            .find(|u| u.email.eq_ignore_ascii_case(&username));
         // Hash even for an unknown user, so timing does not reveal which emails exist.
-        let phc = user.as_ref().and_then(|u| u.password_hash.clone()).unwrap_or_else(|| crate::DUMMY_HASH.to_string());
+        let phc = user
+            .as_ref()
+            .and_then(|u| u.password_hash.clone())
+            .unwrap_or_else(|| crate::DUMMY_HASH.to_string());
         let verified = state.passwords.verify(&password, &phc).await;
         match (user, verified) {
             (Some(u), Ok(())) => Ok::<_, ApiError>(Some(state.tokens.issue(&u, &tenant.domain)?)),
@@ -147,12 +169,14 @@ async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -
     match issued {
         Ok(Some(access_token)) => {
             tracing::info!(tenant = %tenant.id, "login succeeded");
-            HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(json!({
-                "access_token": access_token,
-                "token_type": "Bearer",
-                "expires_in": state.tokens.ttl().as_secs(),
-                "scope": "public",
-            }))
+            HttpResponse::Ok()
+                .insert_header(("Cache-Control", "no-store"))
+                .json(json!({
+                    "access_token": access_token,
+                    "token_type": "Bearer",
+                    "expires_in": state.tokens.ttl().as_secs(),
+                    "scope": "public",
+                }))
         }
         Ok(None) => {
             tracing::warn!(tenant = %tenant.id, "login failed");
@@ -162,14 +186,21 @@ async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -
     }
 }
 
-async fn list_systems(state: web::Data<AppState>, Authenticated(p): Authenticated) -> Result<HttpResponse> {
+async fn list_systems(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+) -> Result<HttpResponse> {
     let systems: Vec<ControlSystem> = state.store.list(&p.tenant_id).await?;
     Ok(HttpResponse::Ok()
         .insert_header(("X-Total-Count", systems.len().to_string()))
         .json(systems))
 }
 
-async fn get_system(state: web::Data<AppState>, Authenticated(p): Authenticated, path: web::Path<String>) -> Result<HttpResponse> {
+async fn get_system(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse> {
     let system: ControlSystem = state
         .store
         .get(&p.tenant_id, &path)
@@ -196,7 +227,10 @@ async fn module_state_key(
     let (sys, module, key) = path.into_inner();
     let id = state.engine.resolve(&p.tenant_id, &sys, &module).await?;
     // PlaceOS answers `null` for a key the driver has not set.
-    let value = state.engine.state_key(&p.tenant_id, &id, &key)?.unwrap_or(Value::Null);
+    let value = state
+        .engine
+        .state_key(&p.tenant_id, &id, &key)?
+        .unwrap_or(Value::Null);
     Ok(HttpResponse::Ok().json(value))
 }
 
@@ -208,21 +242,31 @@ async fn exec(
     body: web::Bytes,
 ) -> Result<HttpResponse> {
     if !p.has(Role::Staff) {
-        return Err(ApiError::Forbidden("executing functions needs the staff role".into()));
+        return Err(ApiError::Forbidden(
+            "executing functions needs the staff role".into(),
+        ));
     }
     let (sys, module, function) = path.into_inner();
     let args: Vec<Value> = if body.iter().all(u8::is_ascii_whitespace) {
         Vec::new()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("body must be a JSON array of arguments: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!("body must be a JSON array of arguments: {e}"))
+        })?
     };
     let id = state.engine.resolve(&p.tenant_id, &sys, &module).await?;
-    let result = state.engine.exec(&p.tenant_id, &id, &function, args).await?;
+    let result = state
+        .engine
+        .exec(&p.tenant_id, &id, &function, args)
+        .await?;
     Ok(HttpResponse::Ok().json(result))
 }
 
 /// For any route that does not exist: the same error format.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse> {
-    Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
 }

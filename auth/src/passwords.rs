@@ -31,7 +31,11 @@ impl PasswordHasher {
 
     /// A PHC string: `$scrypt$ln=17,r=8,p=1$<salt>$<hash>` (parameters stored with it).
     pub async fn hash(&self, password: &str) -> Result<String, AuthError> {
-        let _permit = self.permits.acquire().await.map_err(|e| AuthError::Internal(e.to_string()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
         let password = password.to_owned();
         let hasher = Scrypt::from(self.params);
         tokio::task::spawn_blocking(move || {
@@ -46,7 +50,11 @@ impl PasswordHasher {
 
     /// Constant-time verification against a stored PHC string, with its own parameters.
     pub async fn verify(&self, password: &str, phc: &str) -> Result<(), AuthError> {
-        let _permit = self.permits.acquire().await.map_err(|e| AuthError::Internal(e.to_string()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
         let (password, phc) = (password.to_owned(), phc.to_owned());
         tokio::task::spawn_blocking(move || {
             let parsed = scrypt::password_hash::phc::PasswordHash::new(&phc)
@@ -78,9 +86,15 @@ mod tests {
         let phc = h.hash("correct horse").await.unwrap();
         assert!(phc.starts_with("$scrypt$ln=10,r=8,p=1$"), "{phc}");
         h.verify("correct horse", &phc).await.unwrap();
-        assert!(matches!(h.verify("wrong", &phc).await, Err(AuthError::InvalidCredentials)));
+        assert!(matches!(
+            h.verify("wrong", &phc).await,
+            Err(AuthError::InvalidCredentials)
+        ));
         // Verification uses the parameters stored in the hash, not the hasher's.
-        PasswordHasher::with_log_n(1, 11).verify("correct horse", &phc).await.unwrap();
+        PasswordHasher::with_log_n(1, 11)
+            .verify("correct horse", &phc)
+            .await
+            .unwrap();
         // Two hashes of one password differ (random salt).
         assert_ne!(phc, h.hash("correct horse").await.unwrap());
     }

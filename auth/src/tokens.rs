@@ -56,11 +56,17 @@ impl TokenIssuer {
         let path = dir.join("jwt-ed25519.pem");
         let key = if path.exists() {
             let pem = std::fs::read_to_string(&path).map_err(keys_err)?;
-            SigningKey::from_pkcs8_pem(&pem).map_err(|e| keys_err(format!("{}: {e}", path.display())))?
+            SigningKey::from_pkcs8_pem(&pem)
+                .map_err(|e| keys_err(format!("{}: {e}", path.display())))?
         } else {
             std::fs::create_dir_all(&dir).map_err(keys_err)?;
             let key = SigningKey::generate(&mut rand::rngs::OsRng);
-            write_private(&path, key.to_pkcs8_pem(Default::default()).map_err(keys_err)?.as_bytes())?;
+            write_private(
+                &path,
+                key.to_pkcs8_pem(Default::default())
+                    .map_err(keys_err)?
+                    .as_bytes(),
+            )?;
             key
         };
         Self::from_key(&key, ttl)
@@ -112,15 +118,20 @@ impl TokenIssuer {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|e| AuthError::Internal(e.to_string()))
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| AuthError::Internal(e.to_string()))
     }
 
     /// Verify signature (EdDSA only), issuer, `exp` and `nbf`. The audience (tenant) is
     /// returned for the caller to resolve and check against the user.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
-            return Err(AuthError::InvalidToken(format!("algorithm {:?} is not accepted", header.alg)));
+            return Err(AuthError::InvalidToken(format!(
+                "algorithm {:?} is not accepted",
+                header.alg
+            )));
         }
         if header.kid.as_deref() != Some(self.kid.as_str()) {
             return Err(AuthError::InvalidToken("unknown signing key".into()));
@@ -146,8 +157,12 @@ fn write_private(path: &PathBuf, bytes: &[u8]) -> Result<(), AuthError> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts.open(path).map_err(|e| keys_err(format!("{}: {e}", path.display())))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(keys_err)
+    let mut f = opts
+        .open(path)
+        .map_err(|e| keys_err(format!("{}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(keys_err)
 }
 
 #[cfg(test)]
@@ -176,7 +191,10 @@ mod tests {
         let u = user();
         let token = a.issue(&u, "acme.example").unwrap();
         let c = a.verify(&token).unwrap();
-        assert_eq!((c.sub.as_str(), c.aud.as_str()), (u.id.as_str(), "acme.example"));
+        assert_eq!(
+            (c.sub.as_str(), c.aud.as_str()),
+            (u.id.as_str(), "acme.example")
+        );
         assert_eq!(c.u.r, vec![Role::Admin]);
         // Same key after a restart: tokens stay valid.
         let b = TokenIssuer::load_or_create(dir.path(), Duration::from_secs(60)).unwrap();
@@ -185,7 +203,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join("keys/jwt-ed25519.pem")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join("keys/jwt-ed25519.pem"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -196,21 +217,37 @@ mod tests {
         let issuer = TokenIssuer::load_or_create(dir.path(), Duration::from_secs(60)).unwrap();
         let token = issuer.issue(&user(), "acme.example").unwrap();
         // Another key with the same claims.
-        let other = TokenIssuer::from_key(&SigningKey::generate(&mut rand::rngs::OsRng), Duration::from_secs(60)).unwrap();
-        assert!(issuer.verify(&other.issue(&user(), "acme.example").unwrap()).is_err());
+        let other = TokenIssuer::from_key(
+            &SigningKey::generate(&mut rand::rngs::OsRng),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert!(
+            issuer
+                .verify(&other.issue(&user(), "acme.example").unwrap())
+                .is_err()
+        );
         // Tampered payload.
         let mut parts: Vec<String> = token.split('.').map(String::from).collect();
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let mut claims: serde_json::Value = serde_json::from_slice(&b64.decode(&parts[1]).unwrap()).unwrap();
+        let mut claims: serde_json::Value =
+            serde_json::from_slice(&b64.decode(&parts[1]).unwrap()).unwrap();
         claims["u"]["r"] = serde_json::json!(["sysadmin"]);
         parts[1] = b64.encode(claims.to_string());
         assert!(issuer.verify(&parts.join(".")).is_err());
         // alg: none
         let none_header = b64.encode(format!(r#"{{"alg":"none","kid":"{}"}}"#, issuer.kid()));
-        assert!(issuer.verify(&format!("{none_header}.{}.", parts[1])).is_err());
+        assert!(
+            issuer
+                .verify(&format!("{none_header}.{}.", parts[1]))
+                .is_err()
+        );
         // HS256 signed with the public key as the secret.
         let hs = jsonwebtoken::encode(
-            &Header { kid: Some(issuer.kid().into()), ..Header::new(Algorithm::HS256) },
+            &Header {
+                kid: Some(issuer.kid().into()),
+                ..Header::new(Algorithm::HS256)
+            },
             &claims,
             &EncodingKey::from_secret(&issuer.public),
         )

@@ -12,27 +12,43 @@ use std::process::Command;
 /// (crate name, wasm file stem)
 const DRIVERS: &[(&str, &str)] = &[
     ("lintel-driver-demo-display", "lintel_driver_demo_display"),
-    ("lintel-driver-demo-occupancy", "lintel_driver_demo_occupancy"),
+    (
+        "lintel-driver-demo-occupancy",
+        "lintel_driver_demo_occupancy",
+    ),
 ];
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let drivers_dir = manifest_dir.parent().expect("drivers/bundled has a parent");
     let workspace = drivers_dir.parent().expect("drivers/ has a parent");
     for dir in ["sdk", "demo-display", "demo-occupancy"] {
         println!("cargo:rerun-if-changed={}", drivers_dir.join(dir).display());
     }
-    println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("Cargo.lock").display()
+    );
 
     let target_dir = std::env::var_os("LINTEL_WASM_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target").join("wasm-drivers"));
     println!("cargo:rerun-if-env-changed=LINTEL_WASM_TARGET_DIR");
 
+    ensure_wasm_target();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", "wasm-driver", "--target-dir"])
+        .args([
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "wasm-driver",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for (krate, _) in DRIVERS {
         cmd.args(["-p", krate]);
@@ -49,7 +65,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().unwrap_or_else(|e| panic!("could not run cargo to build the drivers: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("could not run cargo to build the drivers: {e}"));
     if !status.success() {
         panic!(
             "building the bundled drivers for wasm32-wasip2 failed ({status}). \
@@ -61,10 +79,40 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let built = target_dir.join("wasm32-wasip2").join("wasm-driver");
     for (_, stem) in DRIVERS {
-        copy(&built.join(format!("{stem}.wasm")), &out_dir.join(format!("{stem}.wasm")));
+        copy(
+            &built.join(format!("{stem}.wasm")),
+            &out_dir.join(format!("{stem}.wasm")),
+        );
+    }
+}
+
+/// rustup adds `rust-toolchain.toml`'s targets only when it installs the toolchain, so a
+/// machine that already had this toolchain may lack `wasm32-wasip2`: add it.
+fn ensure_wasm_target() {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if sysroot.is_some_and(|s| s.join("lib/rustlib/wasm32-wasip2").exists()) {
+        return;
+    }
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add", "wasm32-wasip2"]);
+    if let Some(toolchain) = std::env::var_os("RUSTUP_TOOLCHAIN") {
+        cmd.arg("--toolchain").arg(toolchain);
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        other => println!(
+            "cargo:warning=could not add the wasm32-wasip2 target ({other:?}); run `rustup target add wasm32-wasip2`"
+        ),
     }
 }
 
 fn copy(from: &Path, to: &Path) {
-    std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {} → {}: {e}", from.display(), to.display()));
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} → {}: {e}", from.display(), to.display()));
 }

@@ -69,7 +69,8 @@ impl Timers {
             tokio::time::sleep(delay).await;
             loop {
                 // A full queue skips this tick: timers coalesce rather than pile up.
-                if let Err(flume::TrySendError::Disconnected(_)) = events.try_send(Event::Timer(id)) {
+                if let Err(flume::TrySendError::Disconnected(_)) = events.try_send(Event::Timer(id))
+                {
                     return;
                 }
                 match every {
@@ -134,7 +135,10 @@ impl crate::runtime::bindings::lintel::driver::host::Host for ModuleHost {
             return Err("this driver has no transport".into());
         };
         if data.len() > MAX_FRAME_BYTES {
-            return Err(format!("send of {} bytes exceeds the {MAX_FRAME_BYTES}-byte limit", data.len()));
+            return Err(format!(
+                "send of {} bytes exceeds the {MAX_FRAME_BYTES}-byte limit",
+                data.len()
+            ));
         }
         if !self.connected.load(Ordering::SeqCst) {
             return Err("not connected".into());
@@ -147,15 +151,21 @@ impl crate::runtime::bindings::lintel::driver::host::Host for ModuleHost {
 
     fn set_status(&mut self, key: String, value: String) -> Result<(), String> {
         if key.is_empty() || key.len() > MAX_STATUS_KEY || key.chars().any(char::is_control) {
-            return Err(format!("status key must be 1..={MAX_STATUS_KEY} bytes without control characters"));
+            return Err(format!(
+                "status key must be 1..={MAX_STATUS_KEY} bytes without control characters"
+            ));
         }
         if key == "connected" {
             return Err("`connected` is set by the engine from the transport".into());
         }
         if value.len() > MAX_STATUS_VALUE {
-            return Err(format!("status value of {} bytes exceeds the {MAX_STATUS_VALUE}-byte limit", value.len()));
+            return Err(format!(
+                "status value of {} bytes exceeds the {MAX_STATUS_VALUE}-byte limit",
+                value.len()
+            ));
         }
-        let v: Value = serde_json::from_str(&value).map_err(|e| format!("status `{key}` is not JSON: {e}"))?;
+        let v: Value =
+            serde_json::from_str(&value).map_err(|e| format!("status `{key}` is not JSON: {e}"))?;
         if self.status_keys >= MAX_STATUS_KEYS {
             return Err(format!("at most {MAX_STATUS_KEYS} status keys per module"));
         }
@@ -182,7 +192,10 @@ impl crate::runtime::bindings::lintel::driver::host::Host for ModuleHost {
     }
 
     fn schedule_in(&mut self, id: u32, delay_ms: u32) {
-        if let Err(e) = self.timers.set(id, None, Duration::from_millis(delay_ms as u64)) {
+        if let Err(e) = self
+            .timers
+            .set(id, None, Duration::from_millis(delay_ms as u64))
+        {
             self.log_line(LogLevel::Warn, &e);
         }
     }
@@ -265,7 +278,10 @@ impl ModuleActor {
                 }
             }
             let ev = match retry_at {
-                Some(t) => match self.events.recv_timeout(t.saturating_duration_since(Instant::now())) {
+                Some(t) => match self
+                    .events
+                    .recv_timeout(t.saturating_duration_since(Instant::now()))
+                {
                     Ok(ev) => ev,
                     Err(flume::RecvTimeoutError::Timeout) => continue,
                     Err(flume::RecvTimeoutError::Disconnected) => break,
@@ -281,7 +297,9 @@ impl ModuleActor {
             let Some(inst) = instance.as_mut() else {
                 if let Event::Exec { reply, .. } = ev {
                     let why = self.last_error.lock().clone().unwrap_or_default();
-                    let _ = reply.send(Err(EngineError::Driver(format!("module is restarting: {why}"))));
+                    let _ = reply.send(Err(EngineError::Driver(format!(
+                        "module is restarting: {why}"
+                    ))));
                 }
                 continue;
             };
@@ -294,18 +312,23 @@ impl ModuleActor {
                 }
                 Event::Received(data) => call(inst, |g, s| g.call_received(s, &data)),
                 Event::Timer(id) => call(inst, |g, s| g.call_on_timer(s, id)),
-                Event::Exec { function, args, reply } => {
-                    match call(inst, |g, s| g.call_exec(s, &function, &args)) {
-                        Ok(r) => {
-                            let _ = reply.send(r.map_err(EngineError::Driver));
-                            Ok(())
-                        }
-                        Err(t) => {
-                            let _ = reply.send(Err(EngineError::Driver(format!("the driver crashed: {}", t.0))));
-                            Err(t)
-                        }
+                Event::Exec {
+                    function,
+                    args,
+                    reply,
+                } => match call(inst, |g, s| g.call_exec(s, &function, &args)) {
+                    Ok(r) => {
+                        let _ = reply.send(r.map_err(EngineError::Driver));
+                        Ok(())
                     }
-                }
+                    Err(t) => {
+                        let _ = reply.send(Err(EngineError::Driver(format!(
+                            "the driver crashed: {}",
+                            t.0
+                        ))));
+                        Err(t)
+                    }
+                },
                 Event::Stop => unreachable!("handled above"),
             };
             if let Err(Trap(reason)) = outcome {

@@ -35,6 +35,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::Linker;
 
+/// The `lintel:driver` WIT package version this engine implements.
+pub const DRIVER_ABI: &str = "0.1.0";
+
 /// Engine settings (from the `[engine]` section of `lintel.toml`).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -128,7 +131,9 @@ impl Engine {
                 }
                 match self.start_module(&tenant.id, &module.id).await {
                     Ok(()) => started += 1,
-                    Err(e) => tracing::error!(module = %module.id, error = %e, "module not started"),
+                    Err(e) => {
+                        tracing::error!(module = %module.id, error = %e, "module not started")
+                    }
                 }
             }
         }
@@ -270,7 +275,8 @@ impl Engine {
 
     /// The module `slug` (`Display_1`) in system `system_id`, within the tenant.
     pub async fn resolve(&self, tenant_id: &str, system_id: &str, slug: &str) -> Result<String> {
-        let slug = ModuleSlug::parse(slug).map_err(|e| EngineError::ModuleNotFound(e.to_string()))?;
+        let slug =
+            ModuleSlug::parse(slug).map_err(|e| EngineError::ModuleNotFound(e.to_string()))?;
         let system: ControlSystem = self
             .store
             .get(tenant_id, system_id)
@@ -283,7 +289,11 @@ impl Engine {
             };
             let name = match &module.custom_name {
                 Some(n) => n.clone(),
-                None => match self.store.get::<DriverRecord>(tenant_id, &module.driver_id).await? {
+                None => match self
+                    .store
+                    .get::<DriverRecord>(tenant_id, &module.driver_id)
+                    .await?
+                {
                     Some(d) => d.module_name,
                     None => continue,
                 },
@@ -295,7 +305,9 @@ impl Engine {
                 }
             }
         }
-        Err(EngineError::ModuleNotFound(format!("{slug} in {system_id}")))
+        Err(EngineError::ModuleNotFound(format!(
+            "{slug} in {system_id}"
+        )))
     }
 
     /// All of a module's state.
@@ -318,16 +330,29 @@ impl Engine {
 
     /// Why the module's sandbox is not running, if it is not.
     pub fn module_error(&self, tenant_id: &str, module_id: &str) -> Result<Option<String>> {
-        Ok(self.running(tenant_id, module_id)?.last_error.lock().clone())
+        Ok(self
+            .running(tenant_id, module_id)?
+            .last_error
+            .lock()
+            .clone())
     }
 
     /// Call `function` on a module with positional JSON arguments.
-    pub async fn exec(&self, tenant_id: &str, module_id: &str, function: &str, args: Vec<Value>) -> Result<Value> {
+    pub async fn exec(
+        &self,
+        tenant_id: &str,
+        module_id: &str,
+        function: &str,
+        args: Vec<Value>,
+    ) -> Result<Value> {
         let m = self.running(tenant_id, module_id)?;
-        let f = m.info.function(function).ok_or_else(|| EngineError::FunctionNotFound {
-            module: module_id.to_string(),
-            function: function.to_string(),
-        })?;
+        let f = m
+            .info
+            .function(function)
+            .ok_or_else(|| EngineError::FunctionNotFound {
+                module: module_id.to_string(),
+                function: function.to_string(),
+            })?;
         check_arguments(f, &args)?;
         let (reply, answer) = oneshot::channel();
         let ev = Event::Exec {
@@ -337,14 +362,17 @@ impl Engine {
         };
         m.events.try_send(ev).map_err(|e| match e {
             flume::TrySendError::Full(_) => EngineError::Busy,
-            flume::TrySendError::Disconnected(_) => EngineError::ModuleNotRunning(module_id.to_string()),
+            flume::TrySendError::Disconnected(_) => {
+                EngineError::ModuleNotRunning(module_id.to_string())
+            }
         })?;
         let timeout = self.cfg.exec_timeout;
         let json = tokio::time::timeout(timeout, answer)
             .await
             .map_err(|_| EngineError::Timeout(timeout.as_millis() as u64))?
             .map_err(|_| EngineError::ModuleNotRunning(module_id.to_string()))??;
-        serde_json::from_str(&json).map_err(|e| EngineError::Driver(format!("the driver returned invalid JSON: {e}")))
+        serde_json::from_str(&json)
+            .map_err(|e| EngineError::Driver(format!("the driver returned invalid JSON: {e}")))
     }
 
     /// Whether the store answers.

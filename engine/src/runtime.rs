@@ -95,7 +95,10 @@ impl DriverInfo {
         if m.name.trim().is_empty() || m.module_name.trim().is_empty() {
             return Err(bad("metadata needs a name and a module-name".into()));
         }
-        if !m.module_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        if !m
+            .module_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
             || m.module_name.ends_with(|c: char| c.is_ascii_digit())
         {
             return Err(bad(format!(
@@ -116,21 +119,32 @@ impl DriverInfo {
                 Framing::FixedLength(n as usize)
             }
             wit::Framing::FixedLength(n) => {
-                return Err(bad(format!("fixed-length {n} must be 1..={MAX_FRAME_BYTES}")));
+                return Err(bad(format!(
+                    "fixed-length {n} must be 1..={MAX_FRAME_BYTES}"
+                )));
             }
         };
         let mut functions = Vec::with_capacity(m.functions.len());
         for f in m.functions {
             if f.name.is_empty() || functions.iter().any(|g: &FunctionInfo| g.name == f.name) {
-                return Err(bad(format!("function name `{}` is empty or repeated", f.name)));
+                return Err(bad(format!(
+                    "function name `{}` is empty or repeated",
+                    f.name
+                )));
             }
             let mut parameters = Vec::with_capacity(f.parameters.len());
             for p in f.parameters {
                 let schema: Value = serde_json::from_str(&p.schema).map_err(|e| {
-                    bad(format!("schema of `{}.{}` is not JSON: {e}", f.name, p.name))
+                    bad(format!(
+                        "schema of `{}.{}` is not JSON: {e}",
+                        f.name, p.name
+                    ))
                 })?;
                 if !schema.is_object() {
-                    return Err(bad(format!("schema of `{}.{}` must be an object", f.name, p.name)));
+                    return Err(bad(format!(
+                        "schema of `{}.{}` must be an object",
+                        f.name, p.name
+                    )));
                 }
                 parameters.push(ParameterInfo {
                     name: p.name,
@@ -336,7 +350,9 @@ impl DriverRuntime {
     /// and declared metadata. Installing the same bytes twice is a no-op.
     pub fn install(&self, bytes: &[u8]) -> Result<(String, DriverInfo)> {
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err(EngineError::InvalidDriver("not a WebAssembly binary".into()));
+            return Err(EngineError::InvalidDriver(
+                "not a WebAssembly binary".into(),
+            ));
         }
         if bytes[4..8] != [0x0d, 0x00, 0x01, 0x00] {
             return Err(EngineError::InvalidDriver(
@@ -368,14 +384,22 @@ impl DriverRuntime {
                     self.components.lock().insert(hash.to_string(), c.clone());
                     return Ok(c);
                 }
-                Err(e) => tracing::warn!(%hash, error = %e, "precompiled driver unusable; recompiling"),
+                Err(e) => {
+                    tracing::warn!(%hash, error = %e, "precompiled driver unusable; recompiling")
+                }
             }
         }
         let blob = self.blob_dir.join(format!("{hash}.wasm"));
-        let bytes = std::fs::read(&blob)
-            .map_err(|e| internal(format!("driver component {hash} missing ({}): {e}", blob.display())))?;
+        let bytes = std::fs::read(&blob).map_err(|e| {
+            internal(format!(
+                "driver component {hash} missing ({}): {e}",
+                blob.display()
+            ))
+        })?;
         if sha256_hex(&bytes) != hash {
-            return Err(internal(format!("driver component {hash} is corrupt on disk")));
+            return Err(internal(format!(
+                "driver component {hash} is corrupt on disk"
+            )));
         }
         self.compile(hash, &bytes)
     }
@@ -407,7 +431,9 @@ impl DriverRuntime {
     ) -> Result<Instance<H>> {
         let stderr = MemoryOutputPipe::new(self.limits.stderr_bytes);
         // No preopened directories, no environment, no network: ambient authority is nil.
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().stderr(stderr.clone()).build();
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(self.limits.memory_bytes)
             .instances(16)
@@ -427,10 +453,13 @@ impl DriverRuntime {
         );
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        let budget_ticks = (self.limits.event_budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        let budget_ticks =
+            (self.limits.event_budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
         store.set_epoch_deadline(budget_ticks);
         let driver = bindings::Driver::instantiate(&mut store, component, linker).map_err(|e| {
-            EngineError::InvalidDriver(format!("does not instantiate (wrong world version?): {e:#}"))
+            EngineError::InvalidDriver(format!(
+                "does not instantiate (wrong world version?): {e:#}"
+            ))
         })?;
         Ok(Instance {
             store,

@@ -117,8 +117,7 @@ impl StatusBus {
 
     pub fn get(&self, module_id: &str, key: &str) -> Option<Arc<Value>> {
         let m = self.modules.read().get(module_id)?.clone();
-        let v = m.lock().values.get(key).cloned();
-        v
+        m.lock().values.get(key).cloned()
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<StatusChange> {

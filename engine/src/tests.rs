@@ -60,7 +60,10 @@ async fn fixture(display_uri: &str) -> Fixture {
     };
     for (bytes, uri) in [
         (lintel_bundled_drivers::DEMO_DISPLAY.component, display_uri),
-        (lintel_bundled_drivers::DEMO_OCCUPANCY.component, "sim://occ"),
+        (
+            lintel_bundled_drivers::DEMO_OCCUPANCY.component,
+            "sim://occ",
+        ),
     ] {
         let (hash, info) = engine.install_component(bytes.to_vec()).await.unwrap();
         let driver = store
@@ -127,20 +130,34 @@ async fn wait_for(engine: &Engine, tenant: &str, module: &str, key: &str, want: 
 async fn demo_display_runs_in_its_sandbox_and_obeys_exec() {
     let f = fixture("sim://display").await;
     let display = DisplaySimulator::default();
-    f.engine.register_endpoint("display", Arc::new(Sim(display.clone())));
+    f.engine
+        .register_endpoint("display", Arc::new(Sim(display.clone())));
     let occupancy = OccupancySimulator::new(None);
-    f.engine.register_endpoint("occ", Arc::new(Occ(occupancy.clone())));
+    f.engine
+        .register_endpoint("occ", Arc::new(Occ(occupancy.clone())));
     assert_eq!(f.engine.start_all().await.unwrap(), 2);
     assert!(f.engine.is_ready());
 
-    let d = f.engine.resolve(&f.tenant, &f.system, "Display_1").await.unwrap();
-    let o = f.engine.resolve(&f.tenant, &f.system, "Occupancy").await.unwrap();
+    let d = f
+        .engine
+        .resolve(&f.tenant, &f.system, "Display_1")
+        .await
+        .unwrap();
+    let o = f
+        .engine
+        .resolve(&f.tenant, &f.system, "Occupancy")
+        .await
+        .unwrap();
     wait_for(&f.engine, &f.tenant, &d, "connected", json!(true)).await;
     wait_for(&f.engine, &f.tenant, &d, "power", json!(false)).await;
     wait_for(&f.engine, &f.tenant, &d, "volume", json!(30)).await;
 
     // exec goes through the sandbox to the device, and the device's answer sets state.
-    let r = f.engine.exec(&f.tenant, &d, "power", vec![json!(true)]).await.unwrap();
+    let r = f
+        .engine
+        .exec(&f.tenant, &d, "power", vec![json!(true)])
+        .await
+        .unwrap();
     assert_eq!(r, Value::Null);
     wait_for(&f.engine, &f.tenant, &d, "power", json!(true)).await;
     assert!(display.state().power);
@@ -151,15 +168,40 @@ async fn demo_display_runs_in_its_sandbox_and_obeys_exec() {
     wait_for(&f.engine, &f.tenant, &o, "presence", json!(true)).await;
 
     // Bad calls are refused before reaching the driver, naming what is wrong.
-    let e = f.engine.exec(&f.tenant, &d, "power", vec![json!("yes")]).await.unwrap_err();
-    assert!(matches!(e, EngineError::BadArguments { .. }) && e.to_string().contains("`state`"), "{e}");
-    let e = f.engine.exec(&f.tenant, &d, "power", vec![]).await.unwrap_err();
-    assert!(e.to_string().contains("missing required parameter `state`"), "{e}");
-    let e = f.engine.exec(&f.tenant, &d, "explode", vec![]).await.unwrap_err();
+    let e = f
+        .engine
+        .exec(&f.tenant, &d, "power", vec![json!("yes")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, EngineError::BadArguments { .. }) && e.to_string().contains("`state`"),
+        "{e}"
+    );
+    let e = f
+        .engine
+        .exec(&f.tenant, &d, "power", vec![])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("missing required parameter `state`"),
+        "{e}"
+    );
+    let e = f
+        .engine
+        .exec(&f.tenant, &d, "explode", vec![])
+        .await
+        .unwrap_err();
     assert!(matches!(e, EngineError::FunctionNotFound { .. }), "{e}");
     // The driver's own refusal comes back as a driver error.
-    let e = f.engine.exec(&f.tenant, &d, "volume", vec![json!(500)]).await.unwrap_err();
-    assert!(matches!(e, EngineError::Driver(ref m) if m.contains("0..=100")), "{e}");
+    let e = f
+        .engine
+        .exec(&f.tenant, &d, "volume", vec![json!(500)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, EngineError::Driver(ref m) if m.contains("0..=100")),
+        "{e}"
+    );
 
     // Addressing.
     assert!(matches!(
@@ -173,7 +215,12 @@ async fn demo_display_runs_in_its_sandbox_and_obeys_exec() {
     // Another tenant cannot see or drive the module.
     let other = new_id(IdKind::Tenant);
     assert!(f.engine.state(&other, &d).is_err());
-    assert!(f.engine.exec(&other, &d, "power", vec![json!(false)]).await.is_err());
+    assert!(
+        f.engine
+            .exec(&other, &d, "power", vec![json!(false)])
+            .await
+            .is_err()
+    );
     assert!(matches!(
         f.engine.resolve(&other, &f.system, "Display_1").await,
         Err(EngineError::SystemNotFound(_))
@@ -185,7 +232,10 @@ async fn demo_display_runs_in_its_sandbox_and_obeys_exec() {
 }
 
 /// Serve exactly one connection inside the task, so aborting the task drops it.
-fn one_connection(listener: tokio::net::TcpListener, display: DisplaySimulator) -> tokio::task::JoinHandle<()> {
+fn one_connection(
+    listener: tokio::net::TcpListener,
+    display: DisplaySimulator,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if let Ok((stream, _)) = listener.accept().await {
             display.serve(stream).await;
@@ -199,23 +249,37 @@ async fn tcp_transport_connects_and_reconnects() {
     let port = listener.local_addr().unwrap().port();
     let first = one_connection(listener, DisplaySimulator::default());
     let f = fixture(&format!("tcp://127.0.0.1:{port}")).await;
-    f.engine.register_endpoint("occ", Arc::new(Occ(OccupancySimulator::new(None))));
+    f.engine
+        .register_endpoint("occ", Arc::new(Occ(OccupancySimulator::new(None))));
     f.engine.start_all().await.unwrap();
-    let d = f.engine.resolve(&f.tenant, &f.system, "Display_1").await.unwrap();
+    let d = f
+        .engine
+        .resolve(&f.tenant, &f.system, "Display_1")
+        .await
+        .unwrap();
     wait_for(&f.engine, &f.tenant, &d, "connected", json!(true)).await;
-    f.engine.exec(&f.tenant, &d, "volume", vec![json!(12)]).await.unwrap();
+    f.engine
+        .exec(&f.tenant, &d, "volume", vec![json!(12)])
+        .await
+        .unwrap();
     wait_for(&f.engine, &f.tenant, &d, "volume", json!(12)).await;
 
     // The device drops the connection: `connected` follows, and sends are refused.
     first.abort();
     let _ = first.await;
     wait_for(&f.engine, &f.tenant, &d, "connected", json!(false)).await;
-    let e = f.engine.exec(&f.tenant, &d, "volume", vec![json!(50)]).await.unwrap_err();
+    let e = f
+        .engine
+        .exec(&f.tenant, &d, "volume", vec![json!(50)])
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("not connected"), "{e}");
 
     // The device comes back on the same address: the engine reconnects with backoff and
     // the driver re-reads the new device's state.
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let second = DisplaySimulator::default();
     second.answer("VOLUME 77");
     let _server = one_connection(listener, second.clone());
@@ -229,7 +293,10 @@ async fn invalid_components_are_refused_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let engine = Engine::new(EngineConfig::new(dir.path().to_path_buf()), store).unwrap();
-    let e = engine.install_component(b"hello".to_vec()).await.unwrap_err();
+    let e = engine
+        .install_component(b"hello".to_vec())
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("not a WebAssembly binary"), "{e}");
     let core_module = b"\0asm\x01\0\0\0".to_vec();
     let e = engine.install_component(core_module).await.unwrap_err();
@@ -238,4 +305,13 @@ async fn invalid_components_are_refused_with_a_reason() {
     truncated.truncate(truncated.len() / 2);
     let e = engine.install_component(truncated).await.unwrap_err();
     assert!(matches!(e, EngineError::InvalidDriver(_)), "{e}");
+}
+
+#[test]
+fn the_abi_constant_matches_the_sdk_wit_package() {
+    let wit = include_str!("../../drivers/sdk/wit/driver.wit");
+    assert!(
+        wit.contains(&format!("package lintel:driver@{DRIVER_ABI};")),
+        "DRIVER_ABI is stale"
+    );
 }

@@ -141,18 +141,16 @@ impl Decoder for FrameDecoder {
                 }
                 Ok(Some(buf.split_to(*n).to_vec()))
             }
-            Framing::Delimiter(d) => {
-                match buf.windows(d.len()).position(|w| w == d.as_slice()) {
-                    Some(pos) if pos > self.max => Err(too_big(self.max)),
-                    Some(pos) => {
-                        let frame = buf.split_to(pos).to_vec();
-                        buf.advance(d.len());
-                        Ok(Some(frame))
-                    }
-                    None if buf.len() > self.max + d.len() => Err(too_big(self.max)),
-                    None => Ok(None),
+            Framing::Delimiter(d) => match buf.windows(d.len()).position(|w| w == d.as_slice()) {
+                Some(pos) if pos > self.max => Err(too_big(self.max)),
+                Some(pos) => {
+                    let frame = buf.split_to(pos).to_vec();
+                    buf.advance(d.len());
+                    Ok(Some(frame))
                 }
-            }
+                None if buf.len() > self.max + d.len() => Err(too_big(self.max)),
+                None => Ok(None),
+            },
         }
     }
 }
@@ -210,7 +208,10 @@ impl TransportTask {
 
     async fn session(&mut self, stream: Box<dyn Stream>) {
         let (reader, mut writer) = tokio::io::split(stream);
-        let mut frames = FramedRead::new(reader, FrameDecoder::new(self.framing.clone(), MAX_FRAME_BYTES));
+        let mut frames = FramedRead::new(
+            reader,
+            FrameDecoder::new(self.framing.clone(), MAX_FRAME_BYTES),
+        );
         while self.outbound.try_recv().is_ok() {}
         self.connected.store(true, Ordering::SeqCst);
         self.status.set("connected", serde_json::Value::Bool(true));
@@ -266,7 +267,12 @@ mod tests {
 
     #[test]
     fn delimiter_framing_splits_and_keeps_partial_frames() {
-        let frames = decode_all(Framing::Delimiter(b"\r\n".to_vec()), 64, b"A=1\r\nB=2\r\nC=").unwrap();
+        let frames = decode_all(
+            Framing::Delimiter(b"\r\n".to_vec()),
+            64,
+            b"A=1\r\nB=2\r\nC=",
+        )
+        .unwrap();
         assert_eq!(frames, vec![b"A=1".to_vec(), b"B=2".to_vec()]);
     }
 
@@ -284,21 +290,40 @@ mod tests {
             decode_all(Framing::FixedLength(2), 64, b"abcde").unwrap(),
             vec![b"ab".to_vec(), b"cd".to_vec()]
         );
-        assert_eq!(decode_all(Framing::Raw, 3, b"abcde").unwrap(), vec![b"abc".to_vec(), b"de".to_vec()]);
+        assert_eq!(
+            decode_all(Framing::Raw, 3, b"abcde").unwrap(),
+            vec![b"abc".to_vec(), b"de".to_vec()]
+        );
     }
 
     #[test]
     fn targets_parse() {
         assert_eq!(
             Target::parse("tcp://10.0.0.5:4352").unwrap(),
-            Target::Tcp { host: "10.0.0.5".into(), port: 4352 }
+            Target::Tcp {
+                host: "10.0.0.5".into(),
+                port: 4352
+            }
         );
         assert_eq!(
             Target::parse("tcp://[::1]:23").unwrap(),
-            Target::Tcp { host: "::1".into(), port: 23 }
+            Target::Tcp {
+                host: "::1".into(),
+                port: 23
+            }
         );
-        assert_eq!(Target::parse("sim://display-1").unwrap(), Target::InProcess("display-1".into()));
-        for bad in ["http://x:1", "tcp://host", "tcp://host:0", "tcp://:80", "tcp://h:99999", "sim://"] {
+        assert_eq!(
+            Target::parse("sim://display-1").unwrap(),
+            Target::InProcess("display-1".into())
+        );
+        for bad in [
+            "http://x:1",
+            "tcp://host",
+            "tcp://host:0",
+            "tcp://:80",
+            "tcp://h:99999",
+            "sim://",
+        ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
     }

@@ -239,7 +239,9 @@ pub struct DriverRecord {
 record_common!(DriverRecord, IdKind::Driver, tenant = tenant_id, |self| {
     require_name("name", &self.name)?;
     require_name("module_name", &self.module_name)?;
-    if self.component_hash.len() != 64 || !self.component_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if self.component_hash.len() != 64
+        || !self.component_hash.bytes().all(|b| b.is_ascii_hexdigit())
+    {
         return Err(ValidationError::new(
             "component_hash",
             "must be 64 hex characters (SHA-256)",
@@ -278,7 +280,10 @@ impl std::fmt::Debug for User {
             .field("tenant_id", &self.tenant_id)
             .field("email", &self.email)
             .field("roles", &self.roles)
-            .field("password_hash", &self.password_hash.as_ref().map(|_| "<redacted>"))
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }

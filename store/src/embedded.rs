@@ -300,7 +300,14 @@ mod conformance {
         stale.name = "Stale".into();
         let err = s.update(stale).await.unwrap_err();
         assert!(
-            matches!(err, StoreError::Conflict { expected: 1, actual: 2, .. }),
+            matches!(
+                err,
+                StoreError::Conflict {
+                    expected: 1,
+                    actual: 2,
+                    ..
+                }
+            ),
             "{err}"
         );
         let now: ControlSystem = s.require(&t.id, &sys.id).await.unwrap();
@@ -310,7 +317,10 @@ mod conformance {
     #[tokio::test]
     async fn tenants_cannot_see_each_other() {
         let (_d, s) = open();
-        let (a, b) = (s.insert(tenant()).await.unwrap(), s.insert(tenant()).await.unwrap());
+        let (a, b) = (
+            s.insert(tenant()).await.unwrap(),
+            s.insert(tenant()).await.unwrap(),
+        );
         let sys_a = s.insert(system(&a.id, "A room")).await.unwrap();
         s.insert(system(&b.id, "B room")).await.unwrap();
         let got: Option<ControlSystem> = s.get(&b.id, &sys_a.id).await.unwrap();
@@ -340,11 +350,20 @@ mod conformance {
             version: 0,
         };
         let err = s
-            .insert_all(vec![Box::new(fresh.clone()), Box::new(zone.clone()), Box::new(existing)])
+            .insert_all(vec![
+                Box::new(fresh.clone()),
+                Box::new(zone.clone()),
+                Box::new(existing),
+            ])
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists { .. }));
-        assert!(s.get::<ControlSystem>(&t.id, &fresh.id).await.unwrap().is_none());
+        assert!(
+            s.get::<ControlSystem>(&t.id, &fresh.id)
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert!(s.get::<Zone>(&t.id, &zone.id).await.unwrap().is_none());
     }
 
@@ -364,7 +383,10 @@ mod conformance {
         let mut feed = s.changes();
         let t = s.insert(tenant()).await.unwrap();
         let c = feed.recv().await.unwrap();
-        assert_eq!((c.kind, c.id.as_str(), c.version), (IdKind::Tenant, t.id.as_str(), 1));
+        assert_eq!(
+            (c.kind, c.id.as_str(), c.version),
+            (IdKind::Tenant, t.id.as_str(), 1)
+        );
     }
 
     #[tokio::test]
@@ -373,7 +395,9 @@ mod conformance {
         let t = {
             let s = EmbeddedStore::open(dir.path()).unwrap();
             let t = s.insert(tenant()).await.unwrap();
-            let err = EmbeddedStore::open(dir.path()).err().expect("second open must fail");
+            let err = EmbeddedStore::open(dir.path())
+                .err()
+                .expect("second open must fail");
             assert!(matches!(err, StoreError::Locked { .. }), "{err}");
             t
         };
@@ -387,7 +411,10 @@ mod conformance {
         let (_d, s) = open();
         let t = s.insert(tenant()).await.unwrap();
         for id in ["", "sys-", "../sys-x", "sys-a/b", "mod-abc"] {
-            assert!(s.get::<ControlSystem>(&t.id, id).await.unwrap().is_none(), "{id}");
+            assert!(
+                s.get::<ControlSystem>(&t.id, id).await.unwrap().is_none(),
+                "{id}"
+            );
         }
     }
 }

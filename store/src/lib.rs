@@ -39,7 +39,9 @@ pub enum StoreError {
     AlreadyExists { kind: IdKind, id: String },
     #[error("{kind} `{id}` not found")]
     NotFound { kind: IdKind, id: String },
-    #[error("{kind} `{id}` was changed by someone else: expected version {expected}, found {actual}")]
+    #[error(
+        "{kind} `{id}` was changed by someone else: expected version {expected}, found {actual}"
+    )]
     Conflict {
         kind: IdKind,
         id: String,

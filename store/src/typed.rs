@@ -35,15 +35,21 @@ pub trait StoreExt: Store {
     }
 
     async fn require<R: Record>(&self, tenant_id: &str, id: &str) -> Result<R> {
-        self.get(tenant_id, id).await?.ok_or_else(|| StoreError::NotFound {
-            kind: R::KIND,
-            id: id.to_string(),
-        })
+        self.get(tenant_id, id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                kind: R::KIND,
+                id: id.to_string(),
+            })
     }
 
     async fn list<R: Record>(&self, tenant_id: &str) -> Result<Vec<R>> {
         let scope = (R::KIND != IdKind::Tenant).then_some(tenant_id);
-        self.list_docs(R::KIND, scope).await?.iter().map(decode).collect()
+        self.list_docs(R::KIND, scope)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
     }
 
     /// Insert new records atomically (all or none). Each gets version 1.
@@ -94,4 +100,3 @@ impl<R: Record> ErasedRecord for R {
         encode(self)
     }
 }
-

@@ -15,7 +15,10 @@ fn an_invalid_config_value_names_the_key_and_writes_nothing() {
     cmd.env("LINTEL_HTTP__PORT", "eighty").arg("serve");
     let (code, out) = run_to_exit(cmd, QUICK);
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("`http.port`") && out.contains("LINTEL_HTTP__PORT"), "{out}");
+    assert!(
+        out.contains("`http.port`") && out.contains("LINTEL_HTTP__PORT"),
+        "{out}"
+    );
     assert!(!data.exists(), "nothing may be written on a config error");
 }
 
@@ -33,10 +36,15 @@ fn an_unknown_config_key_is_refused() {
     assert!(!data.exists());
 
     let mut cmd = command(&data);
-    cmd.arg("--config").arg(dir.path().join("missing.toml")).arg("serve");
+    cmd.arg("--config")
+        .arg(dir.path().join("missing.toml"))
+        .arg("serve");
     let (code, out) = run_to_exit(cmd, QUICK);
     assert_eq!(code, Some(2), "{out}");
-    assert!(out.contains("missing.toml") && out.contains("not found"), "{out}");
+    assert!(
+        out.contains("missing.toml") && out.contains("not found"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -49,7 +57,10 @@ fn a_port_in_use_fails_before_writing_anything() {
     cmd.env("LINTEL_HTTP__PORT", port.to_string()).arg("serve");
     let (code, out) = run_to_exit(cmd, QUICK);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains(&format!("cannot listen on 127.0.0.1:{port}")) && out.contains("in use"), "{out}");
+    assert!(
+        out.contains(&format!("cannot listen on 127.0.0.1:{port}")) && out.contains("in use"),
+        "{out}"
+    );
     assert!(!data.exists());
 }
 
@@ -64,7 +75,10 @@ fn an_unwritable_data_dir_is_a_clear_error() {
     cmd.arg("serve");
     let (code, out) = run_to_exit(cmd, QUICK);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("data_dir") && out.contains("cannot create"), "{out}");
+    assert!(
+        out.contains("data_dir") && out.contains("cannot create"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -72,7 +86,9 @@ fn a_second_process_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut first = command(&data);
-    first.env("LINTEL_ADMIN_PASSWORD_FILE", password_file(dir.path())).env("LINTEL_BOOTSTRAP__DEMO", "false");
+    first
+        .env("LINTEL_ADMIN_PASSWORD_FILE", password_file(dir.path()))
+        .env("LINTEL_BOOTSTRAP__DEMO", "false");
     let _running = Lintel::start(first);
     let mut second = command(&data);
     second.arg("serve");
@@ -98,7 +114,12 @@ fn the_api_refuses_bad_credentials_and_bad_requests_clearly() {
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     let body: Value = r.json().unwrap();
     assert_eq!(body["error"], "unauthorized");
-    assert!(body["message"].as_str().unwrap().contains("missing bearer token"));
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing bearer token")
+    );
     for bad in ["garbage", "a.b.c", "Bearer"] {
         let r = c.get(&systems).bearer_auth(bad).send().unwrap();
         assert_eq!(r.status(), 401, "{bad}");
@@ -106,7 +127,12 @@ fn the_api_refuses_bad_credentials_and_bad_requests_clearly() {
     // A well-formed token from another Lintel (another signing key) is refused.
     let other_dir = tempfile::tempdir().unwrap();
     let mut other = command(&other_dir.path().join("data"));
-    other.env("LINTEL_ADMIN_PASSWORD_FILE", password_file(other_dir.path())).env("LINTEL_BOOTSTRAP__DEMO", "false");
+    other
+        .env(
+            "LINTEL_ADMIN_PASSWORD_FILE",
+            password_file(other_dir.path()),
+        )
+        .env("LINTEL_BOOTSTRAP__DEMO", "false");
     let other = Lintel::start(other);
     let foreign = other.token(PASSWORD);
     assert_eq!(l.get(&foreign, "/api/engine/v2/systems").status(), 401);
@@ -116,57 +142,103 @@ fn the_api_refuses_bad_credentials_and_bad_requests_clearly() {
     let r = l.login("not-the-password");
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().unwrap()["error"], "invalid_grant");
-    let r = c.post(l.url("/auth/oauth/token")).form(&[("grant_type", "client_credentials")]).send().unwrap();
-    assert_eq!(r.json::<Value>().unwrap()["error"], "unsupported_grant_type");
+    let r = c
+        .post(l.url("/auth/oauth/token"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().unwrap()["error"],
+        "unsupported_grant_type"
+    );
     // The PlaceOS client sends credentials in the query string: accepted, never logged.
     let r = c
-        .post(format!("{}?grant_type=password&username={ADMIN}&password={PASSWORD}&client_id=x", l.url("/auth/oauth/token")))
+        .post(format!(
+            "{}?grant_type=password&username={ADMIN}&password={PASSWORD}&client_id=x",
+            l.url("/auth/oauth/token")
+        ))
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
     let r = c
-        .get(format!("{}?bearer_token=sekrit-query-token", l.url("/api/engine/v2/systems")))
+        .get(format!(
+            "{}?bearer_token=sekrit-query-token",
+            l.url("/api/engine/v2/systems")
+        ))
         .send()
         .unwrap();
     assert_eq!(r.status(), 401);
     std::thread::sleep(Duration::from_millis(100));
     let logs = l.stdout().join("\n");
-    assert!(logs.contains("/auth/oauth/token"), "the access log records the path");
-    assert!(!logs.contains(PASSWORD) && !logs.contains("sekrit-query-token"), "credentials reached the log");
+    assert!(
+        logs.contains("/auth/oauth/token"),
+        "the access log records the path"
+    );
+    assert!(
+        !logs.contains(PASSWORD) && !logs.contains("sekrit-query-token"),
+        "credentials reached the log"
+    );
 
     let token = l.token(PASSWORD);
     let systems: Vec<Value> = l.get(&token, "/api/engine/v2/systems").json().unwrap();
     let sys = systems[0]["id"].as_str().unwrap();
     let exec = |path: &str, body: &str| {
-        let r = l.post(&token, &format!("/api/engine/v2/systems/{sys}/{path}"), body);
+        let r = l.post(
+            &token,
+            &format!("/api/engine/v2/systems/{sys}/{path}"),
+            body,
+        );
         let status = r.status().as_u16();
         (status, r.json::<Value>().unwrap_or(Value::Null))
     };
     // Unknown things → 404.
     assert_eq!(exec("Display_9/power", "[true]").0, 404);
     assert_eq!(exec("Display_1/self_destruct", "[]").0, 404);
-    assert_eq!(l.get(&token, "/api/engine/v2/systems/sys-doesnotexist/Display_1").status(), 404);
-    assert_eq!(l.get(&token, "/api/engine/v2/systems/../../etc/passwd").status(), 404);
+    assert_eq!(
+        l.get(&token, "/api/engine/v2/systems/sys-doesnotexist/Display_1")
+            .status(),
+        404
+    );
+    assert_eq!(
+        l.get(&token, "/api/engine/v2/systems/../../etc/passwd")
+            .status(),
+        404
+    );
     assert_eq!(l.get(&token, "/api/engine/v2/nonsense").status(), 404);
     // Bad arguments → 400 naming the parameter; malformed JSON → 400; the driver's own
     // refusal → 500 with its message.
     let (status, body) = exec("Display_1/power", "[\"yes\"]");
     assert_eq!(status, 400);
-    assert!(body["message"].as_str().unwrap().contains("`state`"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("`state`"),
+        "{body}"
+    );
     let (status, body) = exec("Display_1/power", "[tru");
     assert_eq!(status, 400);
-    assert!(body["message"].as_str().unwrap().contains("JSON array"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("JSON array"),
+        "{body}"
+    );
     let (status, body) = exec("Display_1/power", "{\"state\": true}");
     assert_eq!(status, 400, "{body}");
     let (status, body) = exec("Display_1/volume", "[101]");
     assert_eq!(status, 500, "{body}");
     assert_eq!(body["error"], "driver_error");
-    assert!(body["message"].as_str().unwrap().contains("0..=100"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("0..=100"),
+        "{body}"
+    );
     // Body over the limit → 413.
     let huge = format!("[\"{}\"]", "x".repeat(8192));
     assert_eq!(exec("Display_1/input", &huge).0, 413);
     // Nothing above changed the display's power.
-    let power: Value = l.get(&token, &format!("/api/engine/v2/systems/{sys}/Display_1/power")).json().unwrap();
+    let power: Value = l
+        .get(
+            &token,
+            &format!("/api/engine/v2/systems/{sys}/Display_1/power"),
+        )
+        .json()
+        .unwrap();
     assert_eq!(power, json!(false));
     // Every response carries a request id.
     let r = l.get(&token, "/api/engine/v2/systems");

@@ -63,14 +63,27 @@ impl Lintel {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Some(addr) = l.log_lines().iter().find(|v| v["message"] == "listening").and_then(|v| v["address"].as_str().map(String::from)) {
+            if let Some(addr) = l
+                .log_lines()
+                .iter()
+                .find(|v| v["message"] == "listening")
+                .and_then(|v| v["address"].as_str().map(String::from))
+            {
                 l.base = format!("http://{addr}");
                 break;
             }
             if let Some(status) = l.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("lintel exited early ({status}): {:?} {:?}", l.stdout(), l.stderr());
+                panic!(
+                    "lintel exited early ({status}): {:?} {:?}",
+                    l.stdout(),
+                    l.stderr()
+                );
             }
-            assert!(Instant::now() < deadline, "lintel never listened: {:?}", l.stdout());
+            assert!(
+                Instant::now() < deadline,
+                "lintel never listened: {:?}",
+                l.stdout()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         l.wait_ready();
@@ -80,7 +93,9 @@ impl Lintel {
     pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
-            if let Ok(r) = client().get(format!("{}/api/engine/v2/ready", self.base)).send()
+            if let Ok(r) = client()
+                .get(format!("{}/api/engine/v2/ready", self.base))
+                .send()
                 && r.status() == 200
             {
                 return;
@@ -97,7 +112,10 @@ impl Lintel {
         self.stderr.lock().unwrap().clone()
     }
     pub fn log_lines(&self) -> Vec<Value> {
-        self.stdout().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        self.stdout()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -107,7 +125,11 @@ impl Lintel {
     pub fn login(&self, password: &str) -> reqwest::blocking::Response {
         client()
             .post(self.url("/auth/oauth/token"))
-            .form(&[("grant_type", "password"), ("username", ADMIN), ("password", password)])
+            .form(&[
+                ("grant_type", "password"),
+                ("username", ADMIN),
+                ("password", password),
+            ])
             .send()
             .unwrap()
     }
@@ -115,11 +137,18 @@ impl Lintel {
     pub fn token(&self, password: &str) -> String {
         let r = self.login(password);
         assert_eq!(r.status(), 200);
-        r.json::<Value>().unwrap()["access_token"].as_str().unwrap().to_string()
+        r.json::<Value>().unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub fn get(&self, token: &str, path: &str) -> reqwest::blocking::Response {
-        client().get(self.url(path)).bearer_auth(token).send().unwrap()
+        client()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
     }
 
     pub fn post(&self, token: &str, path: &str, body: &str) -> reqwest::blocking::Response {
@@ -135,7 +164,11 @@ impl Lintel {
     /// SIGTERM, then wait for the exit status.
     pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
         let mut child = self.child.take().unwrap();
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -143,7 +176,10 @@ impl Lintel {
                 std::thread::sleep(Duration::from_millis(100));
                 return (status, self.stdout());
             }
-            assert!(Instant::now() < deadline, "lintel did not stop within 30 s of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "lintel did not stop within 30 s of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -159,7 +195,10 @@ impl Drop for Lintel {
 }
 
 pub fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// Poll `f` until it returns `Some`, for up to 10 s.
@@ -176,18 +215,29 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 
 /// Run `lintel <args>` to completion.
 pub fn run_to_exit(mut cmd: Command, timeout: Duration) -> (Option<i32>, String) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + timeout;
     loop {
         if child.try_wait().unwrap().is_some() {
             let out = child.wait_with_output().unwrap();
-            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
             return (out.status.code(), text);
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!("did not exit within {timeout:?}: {}", String::from_utf8_lossy(&out.stdout));
+            panic!(
+                "did not exit within {timeout:?}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -4,7 +4,11 @@ use std::time::Duration;
 
 fn first_system(l: &Lintel, token: &str) -> String {
     let systems: Vec<Value> = l.get(token, "/api/engine/v2/systems").json().unwrap();
-    assert_eq!(systems.len(), 2, "the demo building has two rooms: {systems:?}");
+    assert_eq!(
+        systems.len(),
+        2,
+        "the demo building has two rooms: {systems:?}"
+    );
     systems[0]["id"].as_str().unwrap().to_string()
 }
 
@@ -20,31 +24,55 @@ fn serve_shows_live_demo_state_obeys_exec_stops_cleanly_and_persists() {
 
     // Live state from the WASM display driver talking to its simulator.
     let state: Value = eventually("the display to connect and report", || {
-        let s: Value = l.get(&token, &format!("/api/engine/v2/systems/{sys}/Display_1")).json().ok()?;
+        let s: Value = l
+            .get(&token, &format!("/api/engine/v2/systems/{sys}/Display_1"))
+            .json()
+            .ok()?;
         (s["connected"] == json!(true) && s["power"].is_boolean()).then_some(s)
     });
     assert_eq!(state["power"], json!(false));
-    let power = l.get(&token, &format!("/api/engine/v2/systems/{sys}/Display_1/power"));
+    let power = l.get(
+        &token,
+        &format!("/api/engine/v2/systems/{sys}/Display_1/power"),
+    );
     assert_eq!(power.status(), 200);
     assert_eq!(power.json::<Value>().unwrap(), json!(false));
     // The occupancy sensor reports too.
     eventually("occupancy readings", || {
-        let s: Value = l.get(&token, &format!("/api/engine/v2/systems/{sys}/Occupancy_1")).json().ok()?;
+        let s: Value = l
+            .get(&token, &format!("/api/engine/v2/systems/{sys}/Occupancy_1"))
+            .json()
+            .ok()?;
         s["people_count"].is_u64().then_some(())
     });
 
     // exec: POST [true] switches the display on.
-    let r = l.post(&token, &format!("/api/engine/v2/systems/{sys}/Display_1/power"), "[true]");
+    let r = l.post(
+        &token,
+        &format!("/api/engine/v2/systems/{sys}/Display_1/power"),
+        "[true]",
+    );
     assert_eq!(r.status(), 200, "{:?}", r.text());
     eventually("power to become true", || {
-        let v: Value = l.get(&token, &format!("/api/engine/v2/systems/{sys}/Display_1/power")).json().ok()?;
+        let v: Value = l
+            .get(
+                &token,
+                &format!("/api/engine/v2/systems/{sys}/Display_1/power"),
+            )
+            .json()
+            .ok()?;
         (v == json!(true)).then_some(())
     });
 
     // Operations endpoints.
     let health = client().get(l.url("/api/engine/v2/health")).send().unwrap();
     assert_eq!(health.status(), 200);
-    let metrics = client().get(l.url("/metrics")).send().unwrap().text().unwrap();
+    let metrics = client()
+        .get(l.url("/metrics"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
     assert!(metrics.contains("lintel_modules_running 4"), "{metrics}");
     assert!(metrics.contains("lintel_http_requests_total"), "{metrics}");
 
@@ -60,9 +88,17 @@ fn serve_shows_live_demo_state_obeys_exec_stops_cleanly_and_persists() {
     let token = l.token(PASSWORD);
     let again = first_system(&l, &token);
     assert_eq!(again, sys);
-    assert!(!l.log_lines().iter().any(|v| v["message"].as_str().is_some_and(|m| m.contains("first run"))));
+    assert!(!l.log_lines().iter().any(|v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("first run"))
+    }));
     // Time-to-ready is logged.
-    let ready = l.log_lines().into_iter().find(|v| v["message"] == "ready").expect("a ready line");
+    let ready = l
+        .log_lines()
+        .into_iter()
+        .find(|v| v["message"] == "ready")
+        .expect("a ready line");
     eprintln!("time to ready on restart: {} ms", ready["ms"]);
     let (status, _) = l.terminate();
     assert_eq!(status.code(), Some(0));
@@ -76,13 +112,18 @@ fn a_generated_admin_password_is_printed_once_and_works() {
     cmd.env("LINTEL_BOOTSTRAP__DEMO", "false");
     let l = Lintel::start(cmd);
     let password = eventually("the password banner", || {
-        l.stderr()
-            .iter()
-            .find_map(|line| line.trim().strip_prefix("password:").map(|p| p.trim().to_string()))
+        l.stderr().iter().find_map(|line| {
+            line.trim()
+                .strip_prefix("password:")
+                .map(|p| p.trim().to_string())
+        })
     });
     assert!(password.len() >= 20);
     l.token(&password);
-    assert!(!l.stdout().iter().any(|line| line.contains(&password)), "the password leaked into the log stream");
+    assert!(
+        !l.stdout().iter().any(|line| line.contains(&password)),
+        "the password leaked into the log stream"
+    );
     let (status, _) = l.terminate();
     assert_eq!(status.code(), Some(0));
 
@@ -90,20 +131,36 @@ fn a_generated_admin_password_is_printed_once_and_works() {
     cmd.env("LINTEL_BOOTSTRAP__DEMO", "false");
     let l = Lintel::start(cmd);
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!l.stderr().iter().any(|line| line.contains("password")), "{:?}", l.stderr());
+    assert!(
+        !l.stderr().iter().any(|line| line.contains("password")),
+        "{:?}",
+        l.stderr()
+    );
     l.token(&password);
     // Without the demo, no systems were created.
-    let systems: Vec<Value> = l.get(&l.token(&password), "/api/engine/v2/systems").json().unwrap();
+    let systems: Vec<Value> = l
+        .get(&l.token(&password), "/api/engine/v2/systems")
+        .json()
+        .unwrap();
     assert!(systems.is_empty());
 }
 
 #[test]
 fn version_and_help() {
-    let out = std::process::Command::new(BIN).arg("version").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("lintel 0.1.0") && text.contains("lintel:driver@0.1.0"), "{text}");
-    let out = std::process::Command::new(BIN).arg("--help").output().unwrap();
+    assert!(
+        text.starts_with("lintel 0.1.0") && text.contains("lintel:driver@0.1.0"),
+        "{text}"
+    );
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for word in ["serve", "version", "config", "--config"] {

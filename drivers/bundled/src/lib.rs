@@ -19,7 +19,10 @@ pub const DEMO_DISPLAY: BundledDriver = BundledDriver {
 /// The demo occupancy sensor (pushes readings over TCP), see `drivers/demo-occupancy`.
 pub const DEMO_OCCUPANCY: BundledDriver = BundledDriver {
     crate_name: "lintel-driver-demo-occupancy",
-    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_demo_occupancy.wasm")),
+    component: include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/lintel_driver_demo_occupancy.wasm"
+    )),
 };
 
 /// Every bundled driver.
@@ -32,7 +35,12 @@ mod tests {
         for d in super::ALL {
             // magic + component-model layer (version 0x0d, layer 1)
             assert_eq!(&d.component[..4], b"\0asm", "{}", d.crate_name);
-            assert_eq!(&d.component[4..8], &[0x0d, 0x00, 0x01, 0x00], "{} is not a component", d.crate_name);
+            assert_eq!(
+                &d.component[4..8],
+                &[0x0d, 0x00, 0x01, 0x00],
+                "{} is not a component",
+                d.crate_name
+            );
         }
     }
 }

@@ -62,14 +62,29 @@ impl Driver for DemoDisplay {
             .description("A room display with power, input, volume and mute (demo line protocol)")
             .transport(Transport::Tcp, Framing::Delimiter(b"\r\n".to_vec()))
             .default_settings(json!({ "poll_every_ms": 10000 }))
-            .function(Function::new("power", "Switch the display on or off").param("state", json!({"type": "boolean"})))
-            .function(Function::new("input", "Select the input").param("input", json!({"type": "string", "enum": INPUTS})))
-            .function(Function::new("volume", "Set the volume").param("level", json!({"type": "integer", "minimum": 0, "maximum": 100})))
-            .function(Function::new("mute", "Mute or unmute audio").param("state", json!({"type": "boolean"})))
+            .function(
+                Function::new("power", "Switch the display on or off")
+                    .param("state", json!({"type": "boolean"})),
+            )
+            .function(
+                Function::new("input", "Select the input")
+                    .param("input", json!({"type": "string", "enum": INPUTS})),
+            )
+            .function(Function::new("volume", "Set the volume").param(
+                "level",
+                json!({"type": "integer", "minimum": 0, "maximum": 100}),
+            ))
+            .function(
+                Function::new("mute", "Mute or unmute audio")
+                    .param("state", json!({"type": "boolean"})),
+            )
     }
 
     fn on_load(&mut self, settings: &Value) -> Result<(), String> {
-        let poll = settings.get("poll_every_ms").and_then(Value::as_u64).unwrap_or(10_000);
+        let poll = settings
+            .get("poll_every_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(10_000);
         if !(500..=3_600_000).contains(&poll) {
             return Err(format!("poll_every_ms must be 500..=3600000, got {poll}"));
         }
@@ -105,15 +120,21 @@ impl Driver for DemoDisplay {
     fn exec(&mut self, function: &str, args: Vec<Value>) -> Result<Value, String> {
         match function {
             "power" => {
-                let state = arg(&args, 0, "state")?.as_bool().ok_or("`state` must be a boolean")?;
+                let state = arg(&args, 0, "state")?
+                    .as_bool()
+                    .ok_or("`state` must be a boolean")?;
                 self.command(&format!("POWER {}", on_off(state)))
             }
             "mute" => {
-                let state = arg(&args, 0, "state")?.as_bool().ok_or("`state` must be a boolean")?;
+                let state = arg(&args, 0, "state")?
+                    .as_bool()
+                    .ok_or("`state` must be a boolean")?;
                 self.command(&format!("MUTE {}", on_off(state)))
             }
             "input" => {
-                let input = arg(&args, 0, "input")?.as_str().ok_or("`input` must be a string")?;
+                let input = arg(&args, 0, "input")?
+                    .as_str()
+                    .ok_or("`input` must be a string")?;
                 if !INPUTS.contains(&input) {
                     return Err(format!("`input` must be one of {INPUTS:?}"));
                 }

@@ -18,7 +18,10 @@ fn parse(line: &str) -> Result<(bool, u32), String> {
         match field.split_once('=') {
             Some(("PRESENCE", v)) => presence = Some(v == "1"),
             Some(("PEOPLE", v)) => {
-                people = Some(v.parse::<u32>().map_err(|_| format!("PEOPLE `{v}` is not a count"))?)
+                people = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| format!("PEOPLE `{v}` is not a count"))?,
+                )
             }
             _ => return Err(format!("unexpected field `{field}`")),
         }
@@ -32,9 +35,14 @@ fn parse(line: &str) -> Result<(bool, u32), String> {
 impl Driver for DemoOccupancy {
     fn metadata() -> Metadata {
         Metadata::new("Demo Occupancy Sensor", "Occupancy")
-            .description("A people-counting occupancy sensor that pushes readings (demo line protocol)")
+            .description(
+                "A people-counting occupancy sensor that pushes readings (demo line protocol)",
+            )
             .transport(Transport::Tcp, Framing::Delimiter(b"\n".to_vec()))
-            .function(Function::new("refresh", "Ask the sensor for its current reading"))
+            .function(Function::new(
+                "refresh",
+                "Ask the sensor for its current reading",
+            ))
     }
 
     fn connected(&mut self) {

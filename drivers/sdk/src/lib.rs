@@ -212,9 +212,18 @@ pub mod __private {
     }
 
     pub fn exec<D: Driver>(function: &str, args: &str) -> Result<String, String> {
-        let args: Vec<Value> =
-            serde_json::from_str(args).map_err(|e| format!("arguments must be a JSON array: {e}"))?;
+        let args: Vec<Value> = serde_json::from_str(args)
+            .map_err(|e| format!("arguments must be a JSON array: {e}"))?;
         let result = with::<D, _>(|d| d.exec(function, args))?;
         serde_json::to_string(&result).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn abi_version_matches_the_wit_package() {
+        let wit = include_str!("../wit/driver.wit");
+        assert!(wit.contains(&format!("package lintel:driver@{};", super::ABI_VERSION)));
     }
 }

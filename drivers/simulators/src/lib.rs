@@ -104,7 +104,10 @@ impl DisplaySimulator {
                 Ok(_) => {}
             }
             let reply = self.answer(line.trim_end_matches(['\r', '\n']));
-            if w.write_all(format!("{reply}\r\n").as_bytes()).await.is_err() {
+            if w.write_all(format!("{reply}\r\n").as_bytes())
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -198,7 +201,7 @@ mod tests {
         assert_eq!(d.answer("VOLUME 101"), "ERR volume must be 0-100");
         assert_eq!(d.answer("VOLUME 55"), "VOLUME=55");
         assert_eq!(d.answer("INPUT VGA"), "ERR unknown command");
-        assert_eq!(d.state().power, true);
+        assert!(d.state().power);
     }
 
     #[tokio::test]
