@@ -166,16 +166,16 @@ impl crate::runtime::bindings::lintel::driver::host::Host for ModuleHost {
         }
         let v: Value =
             serde_json::from_str(&value).map_err(|e| format!("status `{key}` is not JSON: {e}"))?;
-        if self.status_keys >= MAX_STATUS_KEYS {
+        // The key cap applies to new keys only: existing keys can always be updated.
+        let existed = self.status.has(&key);
+        if !existed && self.status_keys >= MAX_STATUS_KEYS {
             return Err(format!("at most {MAX_STATUS_KEYS} status keys per module"));
         }
-        // Count a key once, on first set: `set` returns false when unchanged.
-        let is_new = self.status.snapshot_has(&key);
+        if !existed {
+            self.status_keys += 1;
+        }
         if self.status.set(&key, v) {
             metrics::counter!("lintel_status_changes_total").increment(1);
-        }
-        if !is_new {
-            self.status_keys += 1;
         }
         Ok(())
     }
@@ -251,7 +251,10 @@ impl ModuleActor {
         let settings = self.settings.to_string();
         let loaded = call(&mut inst, |g, s| g.call_on_load(s, &settings)).map_err(|t| t.0)?;
         loaded.map_err(|e| format!("on-load refused the settings: {e}"))?;
+        // After a restart the transport may still be up: tell the new instance, and put
+        // back the `connected` status that the crash cleared.
         if self.connected.load(Ordering::SeqCst) {
+            self.status.set("connected", Value::Bool(true));
             call(&mut inst, |g, s| g.call_connected(s)).map_err(|t| t.0)?;
         }
         Ok(inst)
@@ -363,4 +366,85 @@ fn call<T>(
     inst.arm();
     let guest = inst.driver.lintel_driver_guest();
     f(guest, &mut inst.store).map_err(|e| Trap(format!("{e:#}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bindings::lintel::driver::host::Host;
+    use crate::state::StatusBus;
+
+    fn host(
+        bus: &StatusBus,
+        outbound: Option<mpsc::Sender<Vec<u8>>>,
+        connected: bool,
+    ) -> ModuleHost {
+        let (events, _) = flume::bounded(4);
+        ModuleHost {
+            module_id: "mod-a".into(),
+            outbound,
+            connected: Arc::new(AtomicBool::new(connected)),
+            status: bus.module("mod-a"),
+            status_keys: 0,
+            timers: Timers {
+                rt: tokio::runtime::Handle::current(),
+                events,
+                active: HashMap::new(),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn the_status_key_cap_applies_to_new_keys_only() {
+        let bus = StatusBus::default();
+        let mut h = host(&bus, None, false);
+        for i in 0..MAX_STATUS_KEYS {
+            h.set_status(format!("k{i}"), "1".into()).unwrap();
+        }
+        let e = h.set_status("one-more".into(), "1".into()).unwrap_err();
+        assert!(e.contains("at most 1024"), "{e}");
+        // Existing keys still update.
+        h.set_status("k0".into(), "2".into()).unwrap();
+        assert_eq!(*bus.get("mod-a", "k0").unwrap(), serde_json::json!(2));
+        assert!(bus.get("mod-a", "one-more").is_none());
+    }
+
+    #[tokio::test]
+    async fn bad_driver_output_is_refused_with_a_reason() {
+        let bus = StatusBus::default();
+        let mut h = host(&bus, None, false);
+        let cases = [
+            (String::new(), "1".to_string(), "status key"),
+            ("k".repeat(MAX_STATUS_KEY + 1), "1".into(), "status key"),
+            ("a\nb".into(), "1".into(), "control"),
+            ("connected".into(), "true".into(), "set by the engine"),
+            ("x".into(), "{not json".into(), "not JSON"),
+            (
+                "x".into(),
+                format!("\"{}\"", "y".repeat(MAX_STATUS_VALUE)),
+                "limit",
+            ),
+        ];
+        for (key, value, why) in cases {
+            let e = h.set_status(key.clone(), value).unwrap_err();
+            assert!(e.contains(why), "{key:?}: {e}");
+        }
+        assert!(bus.snapshot("mod-a").unwrap().is_empty());
+        assert!(h.send(b"x".to_vec()).unwrap_err().contains("no transport"));
+
+        let (tx, _rx) = mpsc::channel(1);
+        let mut h = host(&bus, Some(tx), false);
+        assert_eq!(h.send(b"x".to_vec()).unwrap_err(), "not connected");
+        h.connected.store(true, Ordering::SeqCst);
+        let e = h.send(vec![0; MAX_FRAME_BYTES + 1]).unwrap_err();
+        assert!(e.contains("limit"), "{e}");
+        h.send(b"x".to_vec()).unwrap();
+        assert_eq!(h.send(b"y".to_vec()).unwrap_err(), "send queue full");
+    }
+
+    #[test]
+    fn truncation_respects_utf8() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
 }

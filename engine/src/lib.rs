@@ -21,7 +21,7 @@ pub use state::{StatusBus, StatusChange};
 pub use transport::{InProcessEndpoint, MAX_FRAME_BYTES, Target};
 
 use actor::{Event, ModuleActor, ModuleHost};
-use lintel_model::{ControlSystem, DriverRecord, IdKind, Module, ModuleSlug, Tenant};
+use lintel_model::{ControlSystem, DriverRecord, Module, ModuleSlug, Tenant};
 use lintel_store::{Store, StoreExt};
 use parking_lot::{Mutex, RwLock};
 use runtime::Sandbox;
@@ -378,10 +378,6 @@ impl Engine {
     /// Whether the store answers.
     pub async fn store_ok(&self) -> bool {
         self.store.ping().await.is_ok()
-    }
-
-    pub fn id_kind_of(id: &str) -> Option<IdKind> {
-        IdKind::ALL.into_iter().find(|k| k.is_valid_id(id))
     }
 }
 

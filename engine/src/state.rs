@@ -74,7 +74,7 @@ impl ModuleStatus {
     }
 
     /// Whether `key` has a value now.
-    pub fn snapshot_has(&self, key: &str) -> bool {
+    pub fn has(&self, key: &str) -> bool {
         self.values.lock().values.contains_key(key)
     }
 

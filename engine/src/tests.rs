@@ -2,22 +2,17 @@
 //! against the demo device simulators over in-process pipes and real TCP.
 
 use super::*;
-use lintel_model::{DriverRole, new_id, now_unix};
+use lintel_model::{DriverRole, IdKind, new_id, now_unix};
 use lintel_simulators::{DisplaySimulator, OccupancySimulator};
 use lintel_store::EmbeddedStore;
 use serde_json::json;
 
-struct Sim(DisplaySimulator);
-impl InProcessEndpoint for Sim {
-    fn connect(&self) -> tokio::io::DuplexStream {
-        self.0.connect()
-    }
+fn display_endpoint(d: DisplaySimulator) -> Arc<dyn InProcessEndpoint> {
+    Arc::new(move || d.connect())
 }
-struct Occ(OccupancySimulator);
-impl InProcessEndpoint for Occ {
-    fn connect(&self) -> tokio::io::DuplexStream {
-        self.0.connect()
-    }
+
+fn occupancy_endpoint(o: OccupancySimulator) -> Arc<dyn InProcessEndpoint> {
+    Arc::new(move || o.connect())
 }
 
 struct Fixture {
@@ -131,10 +126,10 @@ async fn demo_display_runs_in_its_sandbox_and_obeys_exec() {
     let f = fixture("sim://display").await;
     let display = DisplaySimulator::default();
     f.engine
-        .register_endpoint("display", Arc::new(Sim(display.clone())));
+        .register_endpoint("display", display_endpoint(display.clone()));
     let occupancy = OccupancySimulator::new(None);
     f.engine
-        .register_endpoint("occ", Arc::new(Occ(occupancy.clone())));
+        .register_endpoint("occ", occupancy_endpoint(occupancy.clone()));
     assert_eq!(f.engine.start_all().await.unwrap(), 2);
     assert!(f.engine.is_ready());
 
@@ -250,7 +245,7 @@ async fn tcp_transport_connects_and_reconnects() {
     let first = one_connection(listener, DisplaySimulator::default());
     let f = fixture(&format!("tcp://127.0.0.1:{port}")).await;
     f.engine
-        .register_endpoint("occ", Arc::new(Occ(OccupancySimulator::new(None))));
+        .register_endpoint("occ", occupancy_endpoint(OccupancySimulator::new(None)));
     f.engine.start_all().await.unwrap();
     let d = f
         .engine

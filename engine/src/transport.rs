@@ -36,6 +36,13 @@ pub trait InProcessEndpoint: Send + Sync {
     fn connect(&self) -> DuplexStream;
 }
 
+/// Any `Fn() -> DuplexStream` is an endpoint: `Arc::new(move || simulator.connect())`.
+impl<F: Fn() -> DuplexStream + Send + Sync> InProcessEndpoint for F {
+    fn connect(&self) -> DuplexStream {
+        self()
+    }
+}
+
 pub(crate) type Endpoints = Arc<RwLock<HashMap<String, Arc<dyn InProcessEndpoint>>>>;
 
 trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
