@@ -18,13 +18,19 @@ const DRIVERS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Test fixtures, built only with the `fixtures` feature (never shipped in `lintel`).
+const FIXTURES: &[(&str, &str)] = &[(
+    "lintel-driver-fixture-misbehave",
+    "lintel_driver_fixture_misbehave",
+)];
+
 fn main() {
     let manifest_dir = PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
     );
     let drivers_dir = manifest_dir.parent().expect("drivers/bundled has a parent");
     let workspace = drivers_dir.parent().expect("drivers/ has a parent");
-    for dir in ["sdk", "demo-display", "demo-occupancy"] {
+    for dir in ["sdk", "demo-display", "demo-occupancy", "fixtures"] {
         println!("cargo:rerun-if-changed={}", drivers_dir.join(dir).display());
     }
     println!(
@@ -50,7 +56,11 @@ fn main() {
             "--target-dir",
         ])
         .arg(&target_dir);
-    for (krate, _) in DRIVERS {
+    let mut drivers = DRIVERS.to_vec();
+    if std::env::var_os("CARGO_FEATURE_FIXTURES").is_some() {
+        drivers.extend_from_slice(FIXTURES);
+    }
+    for (krate, _) in &drivers {
         cmd.args(["-p", krate]);
     }
     for var in [
@@ -78,7 +88,7 @@ fn main() {
 
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let built = target_dir.join("wasm32-wasip2").join("wasm-driver");
-    for (_, stem) in DRIVERS {
+    for (_, stem) in &drivers {
         copy(
             &built.join(format!("{stem}.wasm")),
             &out_dir.join(format!("{stem}.wasm")),

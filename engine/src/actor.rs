@@ -307,6 +307,9 @@ impl ModuleActor {
                 continue;
             };
             metrics::counter!("lintel_module_events_total").increment(1);
+            // An exec whose call traps is answered only after the crash is contained, so
+            // the caller never sees the crashed instance's state.
+            let mut crashed_exec: Option<ExecReply> = None;
             let outcome = match ev {
                 Event::Connected => call(inst, |g, s| g.call_connected(s)),
                 Event::Disconnected => {
@@ -325,10 +328,7 @@ impl ModuleActor {
                         Ok(())
                     }
                     Err(t) => {
-                        let _ = reply.send(Err(EngineError::Driver(format!(
-                            "the driver crashed: {}",
-                            t.0
-                        ))));
+                        crashed_exec = Some(reply);
                         Err(t)
                     }
                 },
@@ -336,15 +336,26 @@ impl ModuleActor {
             };
             if let Err(Trap(reason)) = outcome {
                 let stderr = inst.store.data().stderr();
+                let stderr = truncate(stderr.trim(), MAX_LOG_LINE);
                 metrics::counter!("lintel_module_traps_total").increment(1);
-                tracing::error!(module = %self.module_id, %reason, guest_stderr = %truncate(stderr.trim(), MAX_LOG_LINE), restart_in_ms = backoff.as_millis() as u64, "module trapped; restarting it");
-                *self.last_error.lock() = Some(reason);
+                tracing::error!(module = %self.module_id, %reason, guest_stderr = %stderr, restart_in_ms = backoff.as_millis() as u64, "module trapped; restarting it");
+                let report = if stderr.is_empty() {
+                    reason
+                } else {
+                    format!("{reason}; guest stderr: {stderr}")
+                };
                 // Its state is cleared: what it published may no longer be true.
                 self.status.clear();
                 self.status.set("connected", Value::Bool(false));
+                *self.last_error.lock() = Some(report.clone());
                 instance = None;
                 retry_at = Some(Instant::now() + backoff);
                 backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
+                if let Some(reply) = crashed_exec {
+                    let _ = reply.send(Err(EngineError::Driver(format!(
+                        "the driver crashed: {report}"
+                    ))));
+                }
             } else {
                 backoff = RESTART_BACKOFF_MIN;
             }
@@ -365,7 +376,18 @@ fn call<T>(
 ) -> Result<T, Trap> {
     inst.arm();
     let guest = inst.driver.lintel_driver_guest();
-    f(guest, &mut inst.store).map_err(|e| Trap(format!("{e:#}")))
+    f(guest, &mut inst.store).map_err(|e| {
+        // The wasm backtrace is for developers; operators get the cause in one line.
+        tracing::debug!(error = format!("{e:?}"), "guest trap details");
+        Trap(match e.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => "ran past its time budget (interrupted)".into(),
+            Some(trap) => trap.to_string(),
+            None => match e.root_cause().to_string() {
+                c if c.contains("growing memory") => format!("exceeded its memory limit ({c})"),
+                c => c,
+            },
+        })
+    })
 }
 
 #[cfg(test)]

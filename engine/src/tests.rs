@@ -310,3 +310,141 @@ fn the_abi_constant_matches_the_sdk_wit_package() {
         "DRIVER_ABI is stale"
     );
 }
+
+/// Invariant 3 of docs/architecture.md: a driver that loops, hogs memory or panics is
+/// stopped, reported, its state cleared and restarted with backoff; other modules go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_driver_is_contained_reported_and_restarted() {
+    let f = fixture("sim://display").await;
+    f.engine
+        .register_endpoint("display", display_endpoint(DisplaySimulator::default()));
+    f.engine
+        .register_endpoint("occ", occupancy_endpoint(OccupancySimulator::new(None)));
+    // Add a module of the misbehaving fixture to the room.
+    let (hash, info) = f
+        .engine
+        .install_component(
+            lintel_bundled_drivers::fixtures::MISBEHAVE
+                .component
+                .to_vec(),
+        )
+        .await
+        .unwrap();
+    let t = now_unix();
+    let driver = f
+        .engine
+        .store
+        .insert(DriverRecord {
+            id: new_id(IdKind::Driver),
+            tenant_id: f.tenant.clone(),
+            name: info.name,
+            module_name: info.module_name,
+            role: DriverRole::Logic,
+            description: String::new(),
+            component_hash: hash,
+            default_settings: json!({}),
+            created_at: t,
+            updated_at: t,
+            version: 0,
+        })
+        .await
+        .unwrap();
+    let bad = f
+        .engine
+        .store
+        .insert(Module {
+            id: new_id(IdKind::Module),
+            tenant_id: f.tenant.clone(),
+            driver_id: driver.id,
+            control_system_id: Some(f.system.clone()),
+            custom_name: None,
+            uri: None,
+            running: true,
+            notes: String::new(),
+            settings: json!({}),
+            created_at: t,
+            updated_at: t,
+            version: 0,
+        })
+        .await
+        .unwrap();
+    f.engine.start_all().await.unwrap();
+    let d = f
+        .engine
+        .resolve(&f.tenant, &f.system, "Display_1")
+        .await
+        .unwrap();
+    wait_for(&f.engine, &f.tenant, &d, "connected", json!(true)).await;
+
+    let exec = |function: &'static str, args: Vec<Value>| {
+        let (engine, tenant, id) = (&f.engine, f.tenant.clone(), bad.id.clone());
+        async move { engine.exec(&tenant, &id, function, args).await }
+    };
+    let recovered = || async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if exec("ping", vec![]).await.ok() == Some(json!("pong")) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the module never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    for (function, expect) in [
+        ("spin", "ran past its time budget"),
+        ("hog", "exceeded its memory limit"),
+        ("panic", "fixture panic: the driver gave up"),
+    ] {
+        exec("remember", vec![json!("before")]).await.unwrap();
+        wait_for(&f.engine, &f.tenant, &bad.id, "remembered", json!("before")).await;
+
+        let e = exec(function, vec![]).await.unwrap_err();
+        // Stopped by the sandbox, not by the caller's timeout.
+        assert!(
+            matches!(e, EngineError::Driver(ref m) if m.contains("crashed")),
+            "{function}: {e}"
+        );
+        let reported = f
+            .engine
+            .module_error(&f.tenant, &bad.id)
+            .unwrap()
+            .unwrap_or_default();
+        eprintln!("{function} -> {e} | reported: {reported}");
+        assert!(
+            reported.to_lowercase().contains(expect),
+            "{function}: reported {reported:?}"
+        );
+        // Its state was cleared and it is reported disconnected.
+        assert_eq!(
+            f.engine
+                .state_key(&f.tenant, &bad.id, "remembered")
+                .unwrap(),
+            None,
+            "{function}"
+        );
+        assert_eq!(
+            f.engine.state_key(&f.tenant, &bad.id, "connected").unwrap(),
+            Some(json!(false))
+        );
+
+        // Meanwhile the display module is unaffected.
+        f.engine
+            .exec(&f.tenant, &d, "volume", vec![json!(40)])
+            .await
+            .unwrap();
+        wait_for(&f.engine, &f.tenant, &d, "volume", json!(40)).await;
+        f.engine
+            .exec(&f.tenant, &d, "volume", vec![json!(30)])
+            .await
+            .unwrap();
+
+        // And the bad module comes back by itself.
+        recovered().await;
+        assert_eq!(f.engine.module_error(&f.tenant, &bad.id).unwrap(), None);
+    }
+    f.engine.shutdown().await;
+}

@@ -28,6 +28,21 @@ pub const DEMO_OCCUPANCY: BundledDriver = BundledDriver {
 /// Every bundled driver.
 pub const ALL: &[BundledDriver] = &[DEMO_DISPLAY, DEMO_OCCUPANCY];
 
+/// Deliberately misbehaving drivers for the sandbox tests (feature `fixtures`).
+#[cfg(feature = "fixtures")]
+pub mod fixtures {
+    use super::BundledDriver;
+
+    /// Loops, hogs memory or panics on request; see `drivers/fixtures/misbehave`.
+    pub const MISBEHAVE: BundledDriver = BundledDriver {
+        crate_name: "lintel-driver-fixture-misbehave",
+        component: include_bytes!(concat!(
+            env!("OUT_DIR"),
+            "/lintel_driver_fixture_misbehave.wasm"
+        )),
+    };
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
