@@ -1,4 +1,4 @@
-use crate::auth::{Authenticated, tenant_by_domain};
+use crate::auth::Authenticated;
 use crate::{ApiError, AppState};
 use actix_web::{HttpRequest, HttpResponse, web};
 use lintel_model::{ControlSystem, Role, Tenant, User};
@@ -72,7 +72,7 @@ async fn tenant_for(
     req: &HttpRequest,
     authority: Option<&str>,
 ) -> Result<Tenant> {
-    let tenants: Vec<Tenant> = state.store.list("").await?;
+    let mut tenants: Vec<Tenant> = state.store.list("").await?;
     if let Some(id) = authority {
         return tenants
             .into_iter()
@@ -86,8 +86,11 @@ async fn tenant_for(
         .next()
         .unwrap_or_default()
         .to_string();
-    if let Some(t) = tenant_by_domain(state, &host).await? {
-        return Ok(t);
+    if let Some(i) = tenants
+        .iter()
+        .position(|t| t.domain.eq_ignore_ascii_case(&host))
+    {
+        return Ok(tenants.swap_remove(i));
     }
     match <[Tenant; 1]>::try_from(tenants) {
         Ok([only]) => Ok(only),

@@ -197,7 +197,7 @@ impl Engine {
                     target,
                     framing: info.framing.clone(),
                     endpoints: self.endpoints.clone(),
-                    events: EventSink(events_tx.clone()),
+                    events: events_tx.clone(),
                     outbound: rx,
                     connected: connected.clone(),
                     status: status.clone(),
@@ -378,16 +378,6 @@ impl Engine {
     /// Whether the store answers.
     pub async fn store_ok(&self) -> bool {
         self.store.ping().await.is_ok()
-    }
-}
-
-/// The transport's way into a module's event queue (async, with backpressure).
-#[derive(Clone)]
-pub(crate) struct EventSink(flume::Sender<Event>);
-
-impl EventSink {
-    pub async fn send(&self, ev: Event) -> std::result::Result<(), ()> {
-        self.0.send_async(ev).await.map_err(|_| ())
     }
 }
 

@@ -169,7 +169,7 @@ pub(crate) struct TransportTask {
     pub target: Target,
     pub framing: Framing,
     pub endpoints: Endpoints,
-    pub events: crate::EventSink,
+    pub events: flume::Sender<Event>,
     pub outbound: mpsc::Receiver<Vec<u8>>,
     pub connected: Arc<AtomicBool>,
     pub status: ModuleStatus,
@@ -197,7 +197,7 @@ impl TransportTask {
                     if self.cancel.is_cancelled() {
                         return;
                     }
-                    let _ = self.events.send(Event::Disconnected).await;
+                    let _ = self.events.send_async(Event::Disconnected).await;
                 }
                 Err(e) => {
                     tracing::warn!(module = %self.module_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "device unreachable");
@@ -222,7 +222,7 @@ impl TransportTask {
         while self.outbound.try_recv().is_ok() {}
         self.connected.store(true, Ordering::SeqCst);
         self.status.set("connected", serde_json::Value::Bool(true));
-        if self.events.send(Event::Connected).await.is_err() {
+        if self.events.send_async(Event::Connected).await.is_err() {
             return;
         }
         loop {
@@ -231,7 +231,7 @@ impl TransportTask {
                 frame = frames.next() => match frame {
                     Some(Ok(data)) => {
                         metrics::counter!("lintel_transport_frames_total").increment(1);
-                        if self.events.send(Event::Received(data)).await.is_err() {
+                        if self.events.send_async(Event::Received(data)).await.is_err() {
                             return;
                         }
                     }
