@@ -28,9 +28,3 @@ pub struct Principal {
     pub user_id: String,
     pub roles: Vec<Role>,
 }
-
-impl Principal {
-    pub fn has(&self, role: Role) -> bool {
-        self.roles.iter().any(|r| *r >= role)
-    }
-}

@@ -22,6 +22,54 @@ struct Fixture {
     system: String,
 }
 
+/// Install `component` as a driver of `tenant` and add a running module of it.
+async fn add_module(
+    engine: &Engine,
+    tenant: &str,
+    system: &str,
+    component: &[u8],
+    uri: Option<&str>,
+    settings: Value,
+) -> Module {
+    let (hash, info) = engine.install_component(component.to_vec()).await.unwrap();
+    let t = now_unix();
+    let driver = engine
+        .store
+        .insert(DriverRecord {
+            id: new_id(IdKind::Driver),
+            tenant_id: tenant.into(),
+            name: info.name,
+            module_name: info.module_name,
+            role: DriverRole::Device,
+            description: info.description,
+            component_hash: hash,
+            default_settings: json!({}),
+            created_at: t,
+            updated_at: t,
+            version: 0,
+        })
+        .await
+        .unwrap();
+    engine
+        .store
+        .insert(Module {
+            id: new_id(IdKind::Module),
+            tenant_id: tenant.into(),
+            driver_id: driver.id,
+            control_system_id: Some(system.into()),
+            custom_name: None,
+            uri: uri.map(String::from),
+            running: true,
+            notes: String::new(),
+            settings,
+            created_at: t,
+            updated_at: t,
+            version: 0,
+        })
+        .await
+        .unwrap()
+}
+
 async fn fixture(display_uri: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
@@ -60,40 +108,15 @@ async fn fixture(display_uri: &str) -> Fixture {
             "sim://occ",
         ),
     ] {
-        let (hash, info) = engine.install_component(bytes.to_vec()).await.unwrap();
-        let driver = store
-            .insert(DriverRecord {
-                id: new_id(IdKind::Driver),
-                tenant_id: tenant.id.clone(),
-                name: info.name.clone(),
-                module_name: info.module_name.clone(),
-                role: DriverRole::Device,
-                description: info.description.clone(),
-                component_hash: hash,
-                default_settings: json!({}),
-                created_at: t,
-                updated_at: t,
-                version: 0,
-            })
-            .await
-            .unwrap();
-        let module = store
-            .insert(Module {
-                id: new_id(IdKind::Module),
-                tenant_id: tenant.id.clone(),
-                driver_id: driver.id,
-                control_system_id: Some(system.id.clone()),
-                custom_name: None,
-                uri: Some(uri.into()),
-                running: true,
-                notes: String::new(),
-                settings: json!({"poll_every_ms": 500}),
-                created_at: t,
-                updated_at: t,
-                version: 0,
-            })
-            .await
-            .unwrap();
+        let module = add_module(
+            &engine,
+            &tenant.id,
+            &system.id,
+            bytes,
+            Some(uri),
+            json!({"poll_every_ms": 500}),
+        )
+        .await;
         system.modules.push(module.id);
     }
     let system = store.insert(system).await.unwrap();
@@ -321,53 +344,15 @@ async fn a_misbehaving_driver_is_contained_reported_and_restarted() {
     f.engine
         .register_endpoint("occ", occupancy_endpoint(OccupancySimulator::new(None)));
     // Add a module of the misbehaving fixture to the room.
-    let (hash, info) = f
-        .engine
-        .install_component(
-            lintel_bundled_drivers::fixtures::MISBEHAVE
-                .component
-                .to_vec(),
-        )
-        .await
-        .unwrap();
-    let t = now_unix();
-    let driver = f
-        .engine
-        .store
-        .insert(DriverRecord {
-            id: new_id(IdKind::Driver),
-            tenant_id: f.tenant.clone(),
-            name: info.name,
-            module_name: info.module_name,
-            role: DriverRole::Logic,
-            description: String::new(),
-            component_hash: hash,
-            default_settings: json!({}),
-            created_at: t,
-            updated_at: t,
-            version: 0,
-        })
-        .await
-        .unwrap();
-    let bad = f
-        .engine
-        .store
-        .insert(Module {
-            id: new_id(IdKind::Module),
-            tenant_id: f.tenant.clone(),
-            driver_id: driver.id,
-            control_system_id: Some(f.system.clone()),
-            custom_name: None,
-            uri: None,
-            running: true,
-            notes: String::new(),
-            settings: json!({}),
-            created_at: t,
-            updated_at: t,
-            version: 0,
-        })
-        .await
-        .unwrap();
+    let bad = add_module(
+        &f.engine,
+        &f.tenant,
+        &f.system,
+        lintel_bundled_drivers::fixtures::MISBEHAVE.component,
+        None,
+        json!({}),
+    )
+    .await;
     f.engine.start_all().await.unwrap();
     let d = f
         .engine
