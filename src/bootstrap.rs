@@ -5,8 +5,7 @@ use crate::config::Config;
 use lintel_auth::{PasswordHasher, generate_password};
 use lintel_engine::Engine;
 use lintel_model::{
-    ControlSystem, DriverRecord, DriverRole, IdKind, Module, Role, Tenant, User, Zone, new_id,
-    now_unix,
+    ControlSystem, DriverRole, IdKind, Module, Role, Tenant, User, Zone, new_id, now_unix,
 };
 use lintel_store::{ErasedRecord, Store, StoreExt};
 use serde_json::json;
@@ -107,19 +106,7 @@ async fn demo_building(
         lintel_bundled_drivers::DEMO_OCCUPANCY,
     ] {
         let (hash, info) = engine.install_component(bundled.component.to_vec()).await?;
-        let record = DriverRecord {
-            id: new_id(IdKind::Driver),
-            tenant_id: tenant_id.into(),
-            name: info.name,
-            module_name: info.module_name,
-            role: DriverRole::Device,
-            description: info.description,
-            component_hash: hash,
-            default_settings: json!({}),
-            created_at: now,
-            updated_at: now,
-            version: 0,
-        };
+        let record = info.to_record(tenant_id, hash, DriverRole::Device);
         drivers.push(record.id.clone());
         out.push(Box::new(record));
     }

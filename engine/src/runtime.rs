@@ -86,6 +86,29 @@ pub struct DriverInfo {
 }
 
 impl DriverInfo {
+    /// The stored record for this driver, installed with content hash `component_hash`.
+    pub fn to_record(
+        &self,
+        tenant_id: &str,
+        component_hash: String,
+        role: lintel_model::DriverRole,
+    ) -> lintel_model::DriverRecord {
+        let now = lintel_model::now_unix();
+        lintel_model::DriverRecord {
+            id: lintel_model::new_id(lintel_model::IdKind::Driver),
+            tenant_id: tenant_id.into(),
+            name: self.name.clone(),
+            module_name: self.module_name.clone(),
+            role,
+            description: self.description.clone(),
+            component_hash,
+            default_settings: Value::Object(Default::default()),
+            created_at: now,
+            updated_at: now,
+            version: 0,
+        }
+    }
+
     pub fn function(&self, name: &str) -> Option<&FunctionInfo> {
         self.functions.iter().find(|f| f.name == name)
     }

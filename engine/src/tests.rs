@@ -35,19 +35,7 @@ async fn add_module(
     let t = now_unix();
     let driver = engine
         .store
-        .insert(DriverRecord {
-            id: new_id(IdKind::Driver),
-            tenant_id: tenant.into(),
-            name: info.name,
-            module_name: info.module_name,
-            role: DriverRole::Device,
-            description: info.description,
-            component_hash: hash,
-            default_settings: json!({}),
-            created_at: t,
-            updated_at: t,
-            version: 0,
-        })
+        .insert(info.to_record(tenant, hash, DriverRole::Device))
         .await
         .unwrap();
     engine
