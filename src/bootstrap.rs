@@ -7,8 +7,7 @@ use lintel_engine::Engine;
 use lintel_model::{
     ControlSystem, DriverRole, IdKind, Module, Role, Tenant, User, Zone, new_id, now_unix,
 };
-use lintel_store::{ErasedRecord, Store, StoreExt};
-use serde_json::json;
+use lintel_store::{Actor, ErasedRecord, ListOptions, Store, StoreExt};
 
 /// The demo simulators' in-process names (`sim://<name>`), per room.
 pub const DEMO_ROOMS: [(&str, u32, &str, &str); 2] = [
@@ -36,7 +35,11 @@ pub async fn first_run(
     engine: &Engine,
     passwords: &PasswordHasher,
 ) -> anyhow::Result<Option<FirstRun>> {
-    if !store.list::<Tenant>("").await?.is_empty() {
+    let any = ListOptions {
+        limit: 1,
+        ..Default::default()
+    };
+    if store.list_scoped::<Tenant>(None, any).await?.total > 0 {
         return Ok(None);
     }
     let now = now_unix();
@@ -46,7 +49,7 @@ pub async fn first_run(
         domain: cfg.bootstrap.domain.clone(),
         created_at: now,
         updated_at: now,
-        version: 0,
+        ..Default::default()
     };
     let (password, generated) = match &cfg.admin_password {
         Some(p) => (p.expose().to_string(), false),
@@ -61,13 +64,13 @@ pub async fn first_run(
         roles: vec![Role::Sysadmin],
         created_at: now,
         updated_at: now,
-        version: 0,
+        ..Default::default()
     };
     let mut records: Vec<Box<dyn ErasedRecord>> = vec![Box::new(tenant.clone()), Box::new(admin)];
     if cfg.bootstrap.demo {
         records.extend(demo_building(&tenant.id, engine).await?);
     }
-    store.insert_all(records).await?;
+    store.create_all(&Actor::system(), records).await?;
     Ok(Some(FirstRun {
         tenant,
         admin_email: cfg.bootstrap.admin_email.clone(),
@@ -91,7 +94,7 @@ async fn demo_building(
         parent_id: parent.map(String::from),
         created_at: now,
         updated_at: now,
-        version: 0,
+        ..Default::default()
     };
     let org = zone("Demo Organisation", "org", None);
     let building = zone("Demo HQ", "building", Some(&org.id));
@@ -105,7 +108,9 @@ async fn demo_building(
         lintel_bundled_drivers::DEMO_DISPLAY,
         lintel_bundled_drivers::DEMO_OCCUPANCY,
     ] {
-        let (hash, info) = engine.install_component(bundled.component.to_vec()).await?;
+        let (hash, info) = engine
+            .install_component(tenant_id, bundled.component.to_vec())
+            .await?;
         let record = info.to_record(tenant_id, hash, DriverRole::Device);
         drivers.push(record.id.clone());
         out.push(Box::new(record));
@@ -120,14 +125,12 @@ async fn demo_building(
                 tenant_id: tenant_id.into(),
                 driver_id: driver_id.clone(),
                 control_system_id: Some(system_id.clone()),
-                custom_name: None,
                 uri: Some(format!("sim://{sim}")),
                 running: true,
                 notes: "Demo device (in-process simulator)".into(),
-                settings: json!({}),
                 created_at: now,
                 updated_at: now,
-                version: 0,
+                ..Default::default()
             };
             modules.push(module.id.clone());
             out.push(Box::new(module));
@@ -140,12 +143,11 @@ async fn demo_building(
             email: None,
             capacity,
             bookable: true,
-            timezone: None,
             zones: zones.clone(),
             modules,
             created_at: now,
             updated_at: now,
-            version: 0,
+            ..Default::default()
         }));
     }
     Ok(out)

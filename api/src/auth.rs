@@ -5,7 +5,7 @@ use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
 use futures_util::future::LocalBoxFuture;
 use lintel_auth::Principal;
 use lintel_model::{Tenant, User};
-use lintel_store::StoreExt;
+use lintel_store::{ListOptions, StoreExt};
 
 /// An authenticated caller. Taking this as a handler argument makes the route require
 /// `Authorization: Bearer <token>` (or `?bearer_token=`, for WebSocket upgrades and
@@ -62,8 +62,12 @@ pub(crate) async fn tenant_by_domain(
     state: &AppState,
     domain: &str,
 ) -> Result<Option<Tenant>, ApiError> {
-    let tenants: Vec<Tenant> = state.store.list("").await?;
-    Ok(tenants
-        .into_iter()
-        .find(|t| t.domain.eq_ignore_ascii_case(domain)))
+    let page = state
+        .store
+        .list_scoped::<Tenant>(
+            None,
+            ListOptions::by("domain", &domain.to_ascii_lowercase()),
+        )
+        .await?;
+    Ok(page.items.into_iter().next())
 }

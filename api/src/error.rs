@@ -115,14 +115,19 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            StoreError::AlreadyExists { .. } | StoreError::Conflict { .. } => {
-                ApiError::Conflict(e.to_string())
-            }
+            StoreError::AlreadyExists { .. }
+            | StoreError::Conflict { .. }
+            | StoreError::NotDeleted { .. } => ApiError::Conflict(e.to_string()),
             StoreError::Invalid(v) => ApiError::BadRequest(v.to_string()),
+            StoreError::BadQuery(m) => ApiError::BadRequest(m),
+            StoreError::TooLarge { limit, .. } => ApiError::PayloadTooLarge(limit),
+            StoreError::Timeout(_) => ApiError::Timeout("the store did not answer in time".into()),
             StoreError::Locked { .. } | StoreError::Backend(_) => {
                 ApiError::Unavailable("the store is unavailable".into())
             }
-            StoreError::Corrupt { .. } => ApiError::Internal(e.to_string()),
+            StoreError::Corrupt { .. } | StoreError::Migration(_) => {
+                ApiError::Internal(e.to_string())
+            }
         }
     }
 }

@@ -2,7 +2,7 @@ use crate::auth::Authenticated;
 use crate::{ApiError, AppState};
 use actix_web::{HttpRequest, HttpResponse, web};
 use lintel_model::{ControlSystem, Tenant, User};
-use lintel_store::StoreExt;
+use lintel_store::{ListOptions, StoreExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -72,11 +72,11 @@ async fn tenant_for(
     req: &HttpRequest,
     authority: Option<&str>,
 ) -> Result<Tenant> {
-    let mut tenants: Vec<Tenant> = state.store.list("").await?;
     if let Some(id) = authority {
-        return tenants
-            .into_iter()
-            .find(|t| t.id == id)
+        return state
+            .store
+            .get::<Tenant>(id, id)
+            .await?
             .ok_or_else(|| ApiError::NotFound("unknown authority".into()));
     }
     let host = req
@@ -86,13 +86,15 @@ async fn tenant_for(
         .next()
         .unwrap_or_default()
         .to_string();
-    if let Some(i) = tenants
-        .iter()
-        .position(|t| t.domain.eq_ignore_ascii_case(&host))
-    {
-        return Ok(tenants.swap_remove(i));
+    if let Some(t) = crate::auth::tenant_by_domain(state, &host).await? {
+        return Ok(t);
     }
-    match <[Tenant; 1]>::try_from(tenants) {
+    let opts = ListOptions {
+        limit: 2,
+        ..Default::default()
+    };
+    let page = state.store.list_scoped::<Tenant>(None, opts).await?;
+    match <[Tenant; 1]>::try_from(page.items) {
         Ok([only]) => Ok(only),
         Err(_) => Err(ApiError::NotFound(format!("no tenant for host `{host}`"))),
     }
@@ -104,7 +106,7 @@ async fn authority(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
     Ok(HttpResponse::Ok().json(json!({
         "id": t.id,
         "name": t.name,
-        "description": "",
+        "description": t.description,
         "domain": t.domain,
         "login_url": "/login?continue={{url}}",
         "logout_url": "/auth/logout",
@@ -153,10 +155,14 @@ async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -
         Err(_) => return oauth_error(bad, "invalid_request", "unknown authority"),
     };
     let issued = async {
-        let users: Vec<User> = state.store.list(&tenant.id).await?;
-        let user = users
-            .into_iter()
-            .find(|u| u.email.eq_ignore_ascii_case(&username));
+        let users: Vec<User> = state
+            .store
+            .list_all(
+                &tenant.id,
+                ListOptions::by("email", &username.to_ascii_lowercase()),
+            )
+            .await?;
+        let user = users.into_iter().next();
         // Hash even for an unknown user, so timing does not reveal which emails exist.
         let phc = user
             .as_ref()
@@ -189,14 +195,42 @@ async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -
     }
 }
 
+/// PlaceOS list parameters (`?q=&limit=&offset=&zone_id=`); `after` is Lintel's stable
+/// cursor (from the `X-Next-Cursor` header).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    q: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+    after: Option<String>,
+    zone_id: Option<String>,
+}
+
 async fn list_systems(
     state: web::Data<AppState>,
     Authenticated(p): Authenticated,
+    params: web::Query<ListParams>,
 ) -> Result<HttpResponse> {
-    let systems: Vec<ControlSystem> = state.store.list(&p.tenant_id).await?;
-    Ok(HttpResponse::Ok()
-        .insert_header(("X-Total-Count", systems.len().to_string()))
-        .json(systems))
+    let params = params.into_inner();
+    let opts = ListOptions {
+        index: params.zone_id.map(|z| ("zone".to_string(), z)),
+        search: params.q.filter(|q| !q.is_empty()),
+        after: params.after,
+        offset: params.offset.unwrap_or(0),
+        limit: params.limit.unwrap_or(100),
+        ..Default::default()
+    };
+    let page = state
+        .store
+        .list::<ControlSystem>(&p.tenant_id, opts)
+        .await?;
+    let mut res = HttpResponse::Ok();
+    res.insert_header(("X-Total-Count", page.total.to_string()));
+    if let Some(next) = &page.next {
+        res.insert_header(("X-Next-Cursor", next.as_str()));
+    }
+    Ok(res.json(page.items))
 }
 
 async fn get_system(

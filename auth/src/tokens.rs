@@ -178,9 +178,7 @@ mod tests {
             email: "ada@example.com".into(),
             password_hash: None,
             roles: vec![Role::Admin],
-            created_at: 0,
-            updated_at: 0,
-            version: 0,
+            ..Default::default()
         }
     }
 

@@ -21,8 +21,8 @@ pub use state::{StatusBus, StatusChange};
 pub use transport::{InProcessEndpoint, MAX_FRAME_BYTES, Target};
 
 use actor::{Event, ModuleActor, ModuleHost};
-use lintel_model::{ControlSystem, DriverRecord, Module, ModuleSlug, Tenant};
-use lintel_store::{Store, StoreExt};
+use lintel_model::{ControlSystem, DriverRecord, Module, ModuleSlug, Settings, SettingsBody};
+use lintel_store::{ListOptions, Store, StoreExt};
 use parking_lot::{Mutex, RwLock};
 use runtime::Sandbox;
 use serde_json::Value;
@@ -113,19 +113,71 @@ impl Engine {
         &self.status
     }
 
-    /// Validate, store and precompile a driver component; returns its hash and metadata.
-    pub async fn install_component(&self, bytes: Vec<u8>) -> Result<(String, DriverInfo)> {
+    /// Validate and precompile a driver component, and keep it in the Store (the source
+    /// of truth for components; the data directory holds only a cache). Returns its hash
+    /// and metadata.
+    pub async fn install_component(
+        &self,
+        tenant_id: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(String, DriverInfo)> {
         let rt = self.runtime.clone();
-        tokio::task::spawn_blocking(move || rt.install(&bytes))
-            .await
-            .map_err(internal)?
+        let (bytes, (hash, info)) = tokio::task::spawn_blocking(move || {
+            let installed = rt.install(&bytes)?;
+            Ok::<_, EngineError>((bytes, installed))
+        })
+        .await
+        .map_err(internal)??;
+        self.store.put_blob(tenant_id, &hash, bytes).await?;
+        Ok((hash, info))
+    }
+
+    /// The compiled component `hash`: from this engine's cache, or fetched from the Store
+    /// (after a restore, or on an engine that has not run it before).
+    async fn load_component(
+        &self,
+        tenant_id: &str,
+        hash: &str,
+    ) -> Result<(wasmtime::component::Component, DriverInfo)> {
+        let rt = self.runtime.clone();
+        let fetched = if rt.has_local(hash) {
+            None
+        } else {
+            let bytes = self.store.get_blob(tenant_id, hash).await?.ok_or_else(|| {
+                EngineError::Internal(format!("driver component {hash} is not in the store"))
+            })?;
+            Some(bytes)
+        };
+        let hash = hash.to_string();
+        tokio::task::spawn_blocking(move || {
+            let c = match fetched {
+                Some(bytes) => {
+                    let (installed, _) = rt.install(&bytes)?;
+                    if installed != hash {
+                        return Err(EngineError::Internal(format!(
+                            "stored driver component {hash} does not match its hash"
+                        )));
+                    }
+                    rt.component(&hash)?
+                }
+                None => rt.component(&hash)?,
+            };
+            let info = rt.inspect(&c)?;
+            Ok::<_, EngineError>((c, info))
+        })
+        .await
+        .map_err(internal)?
     }
 
     /// Start every module marked `running`, in every tenant. Marks the engine ready.
     pub async fn start_all(&self) -> Result<usize> {
         let mut started = 0;
-        for tenant in self.store.list::<Tenant>("").await? {
-            for module in self.store.list::<Module>(&tenant.id).await? {
+        for tenant in self.store.tenants().await? {
+            for module in self
+                .store
+                .list_all::<Module>(&tenant.id, ListOptions::default())
+                .await?
+            {
                 if !module.running {
                     continue;
                 }
@@ -160,28 +212,37 @@ impl Engine {
         let driver: DriverRecord = self.store.require(tenant_id, &module.driver_id).await?;
         self.stop_module(module_id).await;
 
-        let rt = self.runtime.clone();
-        let hash = driver.component_hash.clone();
-        let (component, info) = tokio::task::spawn_blocking(move || {
-            let c = rt.component(&hash)?;
-            let info = rt.inspect(&c)?;
-            Ok::<_, EngineError>((c, info))
-        })
-        .await
-        .map_err(internal)??;
+        let (component, info) = self
+            .load_component(tenant_id, &driver.component_hash)
+            .await?;
         let info = Arc::new(info);
 
         // Settings, nearest wins: component defaults < driver record < module.
         let mut settings = info.default_settings.clone();
         merge(&mut settings, &driver.default_settings);
-        merge(&mut settings, &module.settings);
+        for s in self
+            .store
+            .list_all::<Settings>(tenant_id, ListOptions::by("parent", &module.id))
+            .await?
+        {
+            match &s.body {
+                SettingsBody::Plain(v) => merge(&mut settings, v),
+                SettingsBody::Sealed(_) => {
+                    return Err(EngineError::Internal(format!(
+                        "module {} has sealed settings ({}); opening them needs the secret keyring",
+                        module.id, s.id
+                    )));
+                }
+            }
+        }
 
         let module_id: Arc<str> = module.id.as_str().into();
         let status = self.status.module(&module.id);
         let (events_tx, events_rx) = flume::bounded(self.cfg.event_queue);
         let cancel = CancellationToken::new();
         let connected = Arc::new(AtomicBool::new(false));
-        let outbound = match (info.transport, module.uri.as_deref()) {
+        let endpoint = module.endpoint();
+        let outbound = match (info.transport, endpoint.as_deref()) {
             (TransportKind::None, _) => None,
             (TransportKind::Tcp, None) => {
                 return Err(EngineError::Internal(format!(

@@ -102,6 +102,11 @@ impl DriverInfo {
             role,
             description: self.description.clone(),
             component_hash,
+            metadata: serde_json::json!({
+                "abi": crate::DRIVER_ABI,
+                "transport": self.transport,
+                "functions": self.functions,
+            }),
             default_settings: Value::Object(Default::default()),
             created_at: now,
             updated_at: now,
@@ -390,6 +395,14 @@ impl DriverRuntime {
             write_atomically(&blob, bytes)?;
         }
         Ok((hash, info))
+    }
+
+    /// Whether this engine can load `hash` without the Store (in memory, precompiled, or
+    /// its component file in the data directory).
+    pub fn has_local(&self, hash: &str) -> bool {
+        self.components.lock().contains_key(hash)
+            || self.cache_path(hash).exists()
+            || self.blob_dir.join(format!("{hash}.wasm")).exists()
     }
 
     /// The compiled component for `hash`: from memory, the on-disk cache, or the stored blob.

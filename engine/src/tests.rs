@@ -2,8 +2,9 @@
 //! against the demo device simulators over in-process pipes and real TCP.
 
 use super::*;
-use lintel_model::{DriverRole, IdKind, new_id, now_unix};
+use lintel_model::{DriverRole, IdKind, Tenant, new_id};
 use lintel_simulators::{DisplaySimulator, OccupancySimulator};
+use lintel_store::Actor;
 use lintel_store::EmbeddedStore;
 use serde_json::json;
 
@@ -31,63 +32,72 @@ async fn add_module(
     uri: Option<&str>,
     settings: Value,
 ) -> Module {
-    let (hash, info) = engine.install_component(component.to_vec()).await.unwrap();
-    let t = now_unix();
-    let driver = engine
-        .store
-        .insert(info.to_record(tenant, hash, DriverRole::Device))
+    let (hash, info) = engine
+        .install_component(tenant, component.to_vec())
         .await
         .unwrap();
-    engine
+    let actor = Actor::system();
+    let driver = engine
         .store
-        .insert(Module {
-            id: new_id(IdKind::Module),
-            tenant_id: tenant.into(),
-            driver_id: driver.id,
-            control_system_id: Some(system.into()),
-            custom_name: None,
-            uri: uri.map(String::from),
-            running: true,
-            notes: String::new(),
-            settings,
-            created_at: t,
-            updated_at: t,
-            version: 0,
-        })
+        .create(&actor, info.to_record(tenant, hash, DriverRole::Device))
         .await
-        .unwrap()
+        .unwrap();
+    let module = engine
+        .store
+        .create(
+            &actor,
+            Module {
+                id: new_id(IdKind::Module),
+                tenant_id: tenant.into(),
+                driver_id: driver.id,
+                control_system_id: Some(system.into()),
+                uri: uri.map(String::from),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    if settings.as_object().is_some_and(|o| !o.is_empty()) {
+        engine
+            .store
+            .create(
+                &actor,
+                Settings {
+                    id: new_id(IdKind::Settings),
+                    tenant_id: tenant.into(),
+                    parent_id: module.id.clone(),
+                    body: SettingsBody::Plain(settings),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    module
 }
 
 async fn fixture(display_uri: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let engine = Engine::new(EngineConfig::new(dir.path().to_path_buf()), store.clone()).unwrap();
-    let t = now_unix();
     let tenant = store
-        .insert(Tenant {
-            id: new_id(IdKind::Tenant),
-            name: "T".into(),
-            domain: "t.example".into(),
-            created_at: t,
-            updated_at: t,
-            version: 0,
-        })
+        .create(
+            &Actor::system(),
+            Tenant {
+                id: new_id(IdKind::Tenant),
+                name: "T".into(),
+                domain: "t.example".into(),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let mut system = ControlSystem {
         id: new_id(IdKind::System),
         tenant_id: tenant.id.clone(),
         name: "Room".into(),
-        description: String::new(),
-        email: None,
         capacity: 2,
-        bookable: false,
-        timezone: None,
-        zones: vec![],
-        modules: vec![],
-        created_at: t,
-        updated_at: t,
-        version: 0,
+        ..Default::default()
     };
     for (bytes, uri) in [
         (lintel_bundled_drivers::DEMO_DISPLAY.component, display_uri),
@@ -107,7 +117,7 @@ async fn fixture(display_uri: &str) -> Fixture {
         .await;
         system.modules.push(module.id);
     }
-    let system = store.insert(system).await.unwrap();
+    let system = store.create(&Actor::system(), system).await.unwrap();
     Fixture {
         _dir: dir,
         engine,
@@ -300,16 +310,22 @@ async fn invalid_components_are_refused_with_a_reason() {
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let engine = Engine::new(EngineConfig::new(dir.path().to_path_buf()), store).unwrap();
     let e = engine
-        .install_component(b"hello".to_vec())
+        .install_component("authority-t", b"hello".to_vec())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not a WebAssembly binary"), "{e}");
     let core_module = b"\0asm\x01\0\0\0".to_vec();
-    let e = engine.install_component(core_module).await.unwrap_err();
+    let e = engine
+        .install_component("authority-t", core_module)
+        .await
+        .unwrap_err();
     assert!(e.to_string().contains("not a component"), "{e}");
     let mut truncated = lintel_bundled_drivers::DEMO_DISPLAY.component.to_vec();
     truncated.truncate(truncated.len() / 2);
-    let e = engine.install_component(truncated).await.unwrap_err();
+    let e = engine
+        .install_component("authority-t", truncated)
+        .await
+        .unwrap_err();
     assert!(matches!(e, EngineError::InvalidDriver(_)), "{e}");
 }
 

@@ -10,17 +10,27 @@ pub enum IdKind {
     System,
     Module,
     Driver,
+    Settings,
     User,
+    ApiKey,
+    Trigger,
+    Metadata,
+    Audit,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 6] = [
+    pub const ALL: [IdKind; 11] = [
         IdKind::Tenant,
         IdKind::Zone,
         IdKind::System,
         IdKind::Module,
         IdKind::Driver,
+        IdKind::Settings,
         IdKind::User,
+        IdKind::ApiKey,
+        IdKind::Trigger,
+        IdKind::Metadata,
+        IdKind::Audit,
     ];
 
     pub fn prefix(self) -> &'static str {
@@ -30,7 +40,12 @@ impl IdKind {
             IdKind::System => "sys",
             IdKind::Module => "mod",
             IdKind::Driver => "driver",
+            IdKind::Settings => "settings",
             IdKind::User => "user",
+            IdKind::ApiKey => "key",
+            IdKind::Trigger => "trigger",
+            IdKind::Metadata => "metadata",
+            IdKind::Audit => "audit",
         }
     }
 
@@ -42,8 +57,23 @@ impl IdKind {
             IdKind::System => "control_system",
             IdKind::Module => "module",
             IdKind::Driver => "driver",
+            IdKind::Settings => "settings",
             IdKind::User => "user",
+            IdKind::ApiKey => "api_key",
+            IdKind::Trigger => "trigger",
+            IdKind::Metadata => "metadata",
+            IdKind::Audit => "audit",
         }
+    }
+
+    /// The kind whose stable [`name`](Self::name) is `name`.
+    pub fn from_name(name: &str) -> Option<IdKind> {
+        IdKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// The kind an id belongs to, from its prefix (`sys-…` → `System`).
+    pub fn of_id(id: &str) -> Option<IdKind> {
+        IdKind::ALL.into_iter().find(|k| k.is_valid_id(id))
     }
 
     /// Whether `id` is well formed for this kind: the prefix, a dash, then 1–64 ASCII
@@ -77,6 +107,24 @@ pub fn new_id(kind: IdKind) -> String {
         .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
         .collect();
     format!("{}-{}", kind.prefix(), suffix)
+}
+
+/// An id that sorts by creation time: the prefix, 12 hex digits of milliseconds since the
+/// epoch, then random characters. Used for audit entries so that id order is time order.
+pub fn new_time_ordered_id(kind: IdKind, unix_ms: i64) -> String {
+    let mut rng = rand::thread_rng();
+    let suffix: String = (0..8)
+        .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
+        .collect();
+    format!("{}-{:012x}{}", kind.prefix(), unix_ms.max(0), suffix)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch, as PlaceOS stores `created_at`/`updated_at`.
@@ -153,6 +201,16 @@ mod tests {
             assert!(id.starts_with(&format!("{}-", kind.prefix())), "{id}");
             assert!(kind.is_valid_id(&id), "{id}");
         }
+        assert_eq!(IdKind::of_id("sys-abc"), Some(IdKind::System));
+        assert_eq!(IdKind::of_id("nope-abc"), None);
+        for kind in IdKind::ALL {
+            assert_eq!(IdKind::from_name(kind.name()), Some(kind));
+        }
+        let (a, b) = (
+            new_time_ordered_id(IdKind::Audit, 1_000),
+            new_time_ordered_id(IdKind::Audit, 2_000),
+        );
+        assert!(a < b && IdKind::Audit.is_valid_id(&a), "{a} {b}");
         assert!(!IdKind::System.is_valid_id("mod-abc"));
         assert!(!IdKind::System.is_valid_id("sys-"));
         assert!(!IdKind::System.is_valid_id("sys-../../etc"));

@@ -1,13 +1,16 @@
 //! Lintel's domain model: the PlaceOS-shaped records that configure a building.
 //!
-//! This crate holds plain data and validation only. It imports no framework: the store,
-//! engine and API crates depend on it, never the other way round.
+//! This crate holds plain data, validation and schema migrations only. It imports no
+//! framework: the store, engine and API crates depend on it, never the other way round.
 
 mod ids;
+mod migrations;
 mod records;
 
-pub use ids::{IdKind, ModuleSlug, SlugError, new_id, now_unix};
+pub use ids::{IdKind, ModuleSlug, SlugError, new_id, new_time_ordered_id, now_unix, now_unix_ms};
+pub use migrations::{Migrated, MigrationError, SCHEMA_VERSION, migrate};
 pub use records::{
-    ControlSystem, DriverRecord, DriverRole, Module, Record, Role, Tenant, User, ValidationError,
-    Zone,
+    ApiKey, AuditAction, AuditEntry, ControlSystem, DriverRecord, DriverRole, EncryptionLevel,
+    MODULE_URI_SCHEMES, Metadata, Module, REDACTED, Record, Role, SETTINGS_PARENTS, SealedValue,
+    Settings, SettingsBody, Tenant, Trigger, User, ValidationError, ZONE_TAGS, Zone, diff,
 };

@@ -1,5 +1,6 @@
 use crate::ids::IdKind;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
 
 /// A validation failure that names the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,17 +28,56 @@ pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
     fn tenant_id(&self) -> &str;
     fn version(&self) -> u64;
     fn set_version(&mut self, version: u64);
+    fn created_at(&self) -> i64;
+    fn set_created_at(&mut self, at: i64);
     fn set_updated_at(&mut self, at: i64);
     /// Checks the record's own fields (not references to other records).
     fn validate(&self) -> Result<(), ValidationError>;
+    /// Secondary-index entries `(index, value)`: the store can list records by them
+    /// (modules by system, settings by parent, …).
+    fn index_entries(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    /// Text that `?q=` searches match (case-insensitively).
+    fn search_text(&self) -> String {
+        String::new()
+    }
+    /// The record as JSON with secret material replaced by `"<redacted>"`: what audit
+    /// diffs and logs may show.
+    fn redacted(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
 }
+
+/// What replaces a secret in audit diffs and any other display.
+pub const REDACTED: &str = "<redacted>";
+
+const MAX_NAME: usize = 256;
+const MAX_TEXT: usize = 16 * 1024;
+const MAX_LIST: usize = 1024;
 
 fn require_name(field: &'static str, value: &str) -> Result<(), ValidationError> {
     if value.trim().is_empty() {
         return Err(ValidationError::new(field, "must not be empty"));
     }
-    if value.len() > 256 {
-        return Err(ValidationError::new(field, "must be at most 256 bytes"));
+    bounded(field, value, MAX_NAME)
+}
+
+fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), ValidationError> {
+    if value.len() > max {
+        return Err(ValidationError::new(
+            field,
+            format!("must be at most {max} bytes"),
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(ValidationError::new(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -53,8 +93,106 @@ fn require_id(field: &'static str, kind: IdKind, value: &str) -> Result<(), Vali
     }
 }
 
+fn require_ids(
+    field: &'static str,
+    kind: IdKind,
+    values: &[String],
+) -> Result<(), ValidationError> {
+    if values.len() > MAX_LIST {
+        return Err(ValidationError::new(
+            field,
+            format!("at most {MAX_LIST} entries"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for v in values {
+        require_id(field, kind, v)?;
+        if !seen.insert(v) {
+            return Err(ValidationError::new(
+                field,
+                format!("`{v}` is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn require_email(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    let ok = value.len() <= MAX_NAME
+        && value
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty() && !d.contains('@'))
+        && !value.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(ValidationError::new(field, "must be an email address"))
+    }
+}
+
+fn require_object(field: &'static str, value: &Value) -> Result<(), ValidationError> {
+    if value.is_object() {
+        Ok(())
+    } else {
+        Err(ValidationError::new(field, "must be a JSON object"))
+    }
+}
+
+fn require_tags(field: &'static str, tags: &[String]) -> Result<(), ValidationError> {
+    if tags.len() > 64 {
+        return Err(ValidationError::new(field, "at most 64 entries"));
+    }
+    for t in tags {
+        if t.is_empty()
+            || t.len() > 64
+            || !t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        {
+            return Err(ValidationError::new(
+                field,
+                format!("`{t}`: 1–64 letters, digits, `_`, `-` or `.`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The kind a reference to another record must be one of.
+fn require_any_id(
+    field: &'static str,
+    kinds: &[IdKind],
+    value: &str,
+) -> Result<(), ValidationError> {
+    if kinds.iter().any(|k| k.is_valid_id(value)) {
+        Ok(())
+    } else {
+        let names: Vec<String> = kinds.iter().map(|k| format!("{}-…", k.prefix())).collect();
+        Err(ValidationError::new(
+            field,
+            format!("`{value}` must be one of: {}", names.join(", ")),
+        ))
+    }
+}
+
+fn lower(parts: &[&str]) -> String {
+    parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| p.to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
 macro_rules! record_common {
-    ($ty:ty, $kind:expr, tenant = $tenant:ident, |$s:ident| $validate:block) => {
+    ($ty:ty, $kind:expr, tenant = $tenant:ident, |$s:ident| $validate:block
+     $(, index = |$i:ident| $index:block)?
+     $(, search = |$q:ident| $search:block)?
+     $(, redact = |$r:ident| $redact:block)?) => {
         impl Record for $ty {
             const KIND: IdKind = $kind;
             fn id(&self) -> &str {
@@ -69,148 +207,353 @@ macro_rules! record_common {
             fn set_version(&mut self, version: u64) {
                 self.version = version;
             }
+            fn created_at(&self) -> i64 {
+                self.created_at
+            }
+            fn set_created_at(&mut self, at: i64) {
+                self.created_at = at;
+            }
             fn set_updated_at(&mut self, at: i64) {
                 self.updated_at = at;
             }
             fn validate(&$s) -> Result<(), ValidationError> {
                 require_id("id", $kind, &$s.id)?;
+                if $kind != IdKind::Tenant {
+                    require_id("tenant_id", IdKind::Tenant, &$s.$tenant)?;
+                }
                 $validate
             }
+            $(fn index_entries(&$i) -> Vec<(&'static str, String)> $index)?
+            $(fn search_text(&$q) -> String $search)?
+            $(fn redacted(&$r) -> Value $redact)?
         }
     };
 }
 
 /// A tenant (PlaceOS "authority"): one organisation, reached by its domain.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
 pub struct Tenant {
     pub id: String,
     pub name: String,
-    /// The domain the tenant's users reach Lintel by; JWT `aud` names it.
+    pub description: String,
+    /// The domain the tenant's users reach Lintel by; JWT `aud` names it. Unique.
     pub domain: String,
+    /// Free-form client configuration served by `/auth/authority` (`config`).
+    pub config: Value,
     pub created_at: i64,
     pub updated_at: i64,
     pub version: u64,
 }
-record_common!(Tenant, IdKind::Tenant, tenant = id, |self| {
-    require_name("name", &self.name)?;
-    require_name("domain", &self.domain)
-});
+record_common!(
+    Tenant,
+    IdKind::Tenant,
+    tenant = id,
+    |self| {
+        require_name("name", &self.name)?;
+        bounded("description", &self.description, MAX_TEXT)?;
+        require_name("domain", &self.domain)?;
+        if !self
+            .domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
+        {
+            return Err(ValidationError::new(
+                "domain",
+                "a host name (letters, digits, `.`, `-`, optional `:port`)",
+            ));
+        }
+        if !self.config.is_null() {
+            require_object("config", &self.config)?;
+        }
+        Ok(())
+    },
+    index = |self| { vec![("domain", self.domain.to_ascii_lowercase())] },
+    search = |self| { lower(&[&self.name, &self.domain]) }
+);
+
+/// The zone tags PlaceOS gives meaning to (MQTT topics, building navigation).
+pub const ZONE_TAGS: [&str; 5] = ["org", "region", "building", "level", "area"];
 
 /// A zone: a node of the building tree (org / region / building / level / area).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
 pub struct Zone {
     pub id: String,
     pub tenant_id: String,
     pub name: String,
-    #[serde(default)]
+    pub display_name: Option<String>,
     pub description: String,
-    /// PlaceOS zone tags, e.g. `building`, `level`.
-    #[serde(default)]
+    /// Tags such as `building` or `level` (see [`ZONE_TAGS`]); others are allowed.
     pub tags: Vec<String>,
     pub parent_id: Option<String>,
+    pub code: Option<String>,
+    pub location: Option<String>,
+    pub timezone: Option<String>,
+    pub capacity: u32,
     pub created_at: i64,
     pub updated_at: i64,
     pub version: u64,
 }
-record_common!(Zone, IdKind::Zone, tenant = tenant_id, |self| {
-    require_name("name", &self.name)?;
-    if let Some(parent) = &self.parent_id {
-        require_id("parent_id", IdKind::Zone, parent)?;
+record_common!(
+    Zone,
+    IdKind::Zone,
+    tenant = tenant_id,
+    |self| {
+        require_name("name", &self.name)?;
+        if let Some(d) = &self.display_name {
+            require_name("display_name", d)?;
+        }
+        bounded("description", &self.description, MAX_TEXT)?;
+        require_tags("tags", &self.tags)?;
+        if let Some(parent) = &self.parent_id {
+            require_id("parent_id", IdKind::Zone, parent)?;
+            if parent == &self.id {
+                return Err(ValidationError::new(
+                    "parent_id",
+                    "a zone cannot be its own parent",
+                ));
+            }
+        }
+        for (field, v) in [
+            ("code", &self.code),
+            ("location", &self.location),
+            ("timezone", &self.timezone),
+        ] {
+            if let Some(v) = v {
+                bounded(field, v, MAX_NAME)?;
+            }
+        }
+        Ok(())
+    },
+    index = |self| {
+        let mut out: Vec<(&'static str, String)> =
+            self.tags.iter().map(|t| ("tag", t.clone())).collect();
+        if let Some(p) = &self.parent_id {
+            out.push(("parent", p.clone()));
+        }
+        out
+    },
+    search = |self| {
+        lower(&[
+            &self.name,
+            self.display_name.as_deref().unwrap_or(""),
+            &self.description,
+            self.code.as_deref().unwrap_or(""),
+        ])
     }
-    Ok(())
-});
+);
 
 /// A control system: usually one room, with an ordered list of modules.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
 pub struct ControlSystem {
     pub id: String,
     pub tenant_id: String,
     pub name: String,
-    #[serde(default)]
+    pub display_name: Option<String>,
     pub description: String,
-    #[serde(default)]
+    /// The room's calendar address (bookings).
     pub email: Option<String>,
-    #[serde(default)]
     pub capacity: u32,
-    #[serde(default)]
     pub bookable: bool,
-    #[serde(default)]
+    /// What the room offers (`projector`, `vc`), for search and booking filters.
+    pub features: Vec<String>,
+    /// IANA time zone, e.g. `Europe/London`.
     pub timezone: Option<String>,
-    #[serde(default)]
+    pub support_url: Option<String>,
+    /// Zone ids, most general first (org, building, level…).
     pub zones: Vec<String>,
     /// Module ids in order: `Display_2` is the second module named `Display` here.
-    #[serde(default)]
     pub modules: Vec<String>,
     pub created_at: i64,
     pub updated_at: i64,
     pub version: u64,
 }
-record_common!(ControlSystem, IdKind::System, tenant = tenant_id, |self| {
-    require_name("name", &self.name)?;
-    for z in &self.zones {
-        require_id("zones", IdKind::Zone, z)?;
+record_common!(
+    ControlSystem,
+    IdKind::System,
+    tenant = tenant_id,
+    |self| {
+        require_name("name", &self.name)?;
+        if let Some(d) = &self.display_name {
+            require_name("display_name", d)?;
+        }
+        bounded("description", &self.description, MAX_TEXT)?;
+        if let Some(e) = &self.email {
+            require_email("email", e)?;
+        }
+        require_tags("features", &self.features)?;
+        if let Some(tz) = &self.timezone {
+            require_name("timezone", tz)?;
+        }
+        if let Some(u) = &self.support_url {
+            bounded("support_url", u, 2048)?;
+        }
+        require_ids("zones", IdKind::Zone, &self.zones)?;
+        require_ids("modules", IdKind::Module, &self.modules)
+    },
+    index = |self| {
+        let mut out: Vec<(&'static str, String)> =
+            self.zones.iter().map(|z| ("zone", z.clone())).collect();
+        out.extend(self.modules.iter().map(|m| ("module", m.clone())));
+        if let Some(e) = &self.email {
+            out.push(("email", e.to_ascii_lowercase()));
+        }
+        out
+    },
+    search = |self| {
+        let features = self.features.join(" ");
+        lower(&[
+            &self.name,
+            self.display_name.as_deref().unwrap_or(""),
+            &self.description,
+            self.email.as_deref().unwrap_or(""),
+            &features,
+        ])
     }
-    for m in &self.modules {
-        require_id("modules", IdKind::Module, m)?;
-    }
-    Ok(())
-});
+);
+
+/// URI schemes a module may name. The engine decides which it can reach.
+pub const MODULE_URI_SCHEMES: [&str; 9] = [
+    "tcp", "udp", "tls", "http", "https", "ws", "wss", "mqtt", "sim",
+];
 
 /// A module: one running instance of a driver, with where to reach its device.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Module {
     pub id: String,
     pub tenant_id: String,
     pub driver_id: String,
+    /// The system a logic module belongs to, or the first system a device is in.
     pub control_system_id: Option<String>,
     /// Overrides the driver's module name (`Display`) inside systems.
-    #[serde(default)]
     pub custom_name: Option<String>,
-    /// Device address: `tcp://host:port`, or `sim://name` for an in-process simulator.
-    #[serde(default)]
+    /// Device address for device drivers (with `port`).
+    pub ip: Option<String>,
+    pub port: Option<u16>,
+    pub tls: bool,
+    pub udp: bool,
+    /// Connect only while a command is pending (PlaceOS "makebreak").
+    pub makebreak: bool,
+    /// Service address: `https://…`, `wss://…`, `tcp://host:port`, or `sim://name` for an
+    /// in-process simulator. Takes precedence over `ip`/`port`.
     pub uri: Option<String>,
-    #[serde(default = "yes")]
+    /// Whether the engine runs it (missing in a document means yes).
     pub running: bool,
-    #[serde(default)]
     pub notes: String,
-    /// Module-level settings (JSON object), nearest-wins over driver defaults.
-    #[serde(default = "empty_object")]
-    pub settings: serde_json::Value,
     pub created_at: i64,
     pub updated_at: i64,
     pub version: u64,
 }
-fn yes() -> bool {
-    true
+impl Default for Module {
+    fn default() -> Self {
+        Module {
+            id: String::new(),
+            tenant_id: String::new(),
+            driver_id: String::new(),
+            control_system_id: None,
+            custom_name: None,
+            ip: None,
+            port: None,
+            tls: false,
+            udp: false,
+            makebreak: false,
+            uri: None,
+            running: true,
+            notes: String::new(),
+            created_at: 0,
+            updated_at: 0,
+            version: 0,
+        }
+    }
 }
-fn empty_object() -> serde_json::Value {
-    serde_json::Value::Object(Default::default())
-}
-record_common!(Module, IdKind::Module, tenant = tenant_id, |self| {
-    require_id("driver_id", IdKind::Driver, &self.driver_id)?;
-    if let Some(sys) = &self.control_system_id {
-        require_id("control_system_id", IdKind::System, sys)?;
+record_common!(
+    Module,
+    IdKind::Module,
+    tenant = tenant_id,
+    |self| {
+        require_id("driver_id", IdKind::Driver, &self.driver_id)?;
+        if let Some(sys) = &self.control_system_id {
+            require_id("control_system_id", IdKind::System, sys)?;
+        }
+        if let Some(name) = &self.custom_name {
+            require_name("custom_name", name)?;
+            if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(ValidationError::new(
+                    "custom_name",
+                    "letters, digits and `_` only (it addresses the module: `Name_1`)",
+                ));
+            }
+        }
+        if let Some(ip) = &self.ip {
+            require_name("ip", ip)?;
+            if ip.contains(['/', ' ', '@']) {
+                return Err(ValidationError::new("ip", "a host name or IP address"));
+            }
+        }
+        if self.port == Some(0) {
+            return Err(ValidationError::new("port", "must be 1–65535"));
+        }
+        if self.tls && self.udp {
+            return Err(ValidationError::new("tls", "TLS over UDP is not supported"));
+        }
+        if let Some(uri) = &self.uri {
+            bounded("uri", uri, 2048)?;
+            let scheme = uri.split_once("://").map(|(s, _)| s);
+            if !scheme.is_some_and(|s| MODULE_URI_SCHEMES.contains(&s)) {
+                return Err(ValidationError::new(
+                    "uri",
+                    format!(
+                        "must start with one of {}://",
+                        MODULE_URI_SCHEMES.join("://, ")
+                    ),
+                ));
+            }
+        }
+        bounded("notes", &self.notes, MAX_TEXT)
+    },
+    index = |self| {
+        let mut out = vec![("driver", self.driver_id.clone())];
+        if let Some(s) = &self.control_system_id {
+            out.push(("system", s.clone()));
+        }
+        out
+    },
+    search = |self| {
+        lower(&[
+            self.custom_name.as_deref().unwrap_or(""),
+            self.ip.as_deref().unwrap_or(""),
+            self.uri.as_deref().unwrap_or(""),
+            &self.notes,
+        ])
     }
-    if let Some(name) = &self.custom_name {
-        require_name("custom_name", name)?;
-    }
-    if let Some(uri) = &self.uri
-        && !(uri.starts_with("tcp://") || uri.starts_with("sim://"))
-    {
-        return Err(ValidationError::new(
-            "uri",
-            "must start with tcp:// or sim://",
-        ));
-    }
-    if !self.settings.is_object() {
-        return Err(ValidationError::new("settings", "must be a JSON object"));
-    }
-    Ok(())
-});
+);
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+impl Module {
+    /// The address the engine connects to: `uri` if set, else `ip`/`port` with the
+    /// `tcp`/`udp`/`tls` scheme those flags select.
+    pub fn endpoint(&self) -> Option<String> {
+        if let Some(uri) = &self.uri {
+            return Some(uri.clone());
+        }
+        let (ip, port) = (self.ip.as_ref()?, self.port?);
+        let scheme = if self.udp {
+            "udp"
+        } else if self.tls {
+            "tls"
+        } else {
+            "tcp"
+        };
+        Some(format!("{scheme}://{ip}:{port}"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DriverRole {
+    #[default]
     Device,
     Service,
     Websocket,
@@ -218,7 +561,8 @@ pub enum DriverRole {
 }
 
 /// A driver: a WASM component (stored by content hash) and what it declared.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
 pub struct DriverRecord {
     pub id: String,
     pub tenant_id: String,
@@ -226,33 +570,142 @@ pub struct DriverRecord {
     /// The name its modules take inside a system (`Display`).
     pub module_name: String,
     pub role: DriverRole,
-    #[serde(default)]
     pub description: String,
     /// SHA-256 (hex) of the component bytes.
     pub component_hash: String,
-    #[serde(default = "empty_object")]
-    pub default_settings: serde_json::Value,
+    /// What the component declared: functions with their parameters, the driver ABI.
+    pub metadata: Value,
+    pub default_settings: Value,
     pub created_at: i64,
     pub updated_at: i64,
     pub version: u64,
 }
-record_common!(DriverRecord, IdKind::Driver, tenant = tenant_id, |self| {
-    require_name("name", &self.name)?;
-    require_name("module_name", &self.module_name)?;
-    if self.component_hash.len() != 64
-        || !self.component_hash.bytes().all(|b| b.is_ascii_hexdigit())
-    {
-        return Err(ValidationError::new(
-            "component_hash",
-            "must be 64 hex characters (SHA-256)",
-        ));
-    }
-    Ok(())
-});
+record_common!(
+    DriverRecord,
+    IdKind::Driver,
+    tenant = tenant_id,
+    |self| {
+        require_name("name", &self.name)?;
+        require_name("module_name", &self.module_name)?;
+        bounded("description", &self.description, MAX_TEXT)?;
+        if self.component_hash.len() != 64
+            || !self.component_hash.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(ValidationError::new(
+                "component_hash",
+                "must be 64 hex characters (SHA-256)",
+            ));
+        }
+        if !self.metadata.is_null() {
+            require_object("metadata", &self.metadata)?;
+        }
+        require_object("default_settings", &self.default_settings)
+    },
+    index = |self| { vec![("component", self.component_hash.to_ascii_lowercase())] },
+    search = |self| { lower(&[&self.name, &self.module_name, &self.description]) }
+);
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+/// Who may read a settings document (PlaceOS encryption levels). Anything above `None`
+/// is sealed at rest.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EncryptionLevel {
+    #[default]
+    None,
+    Support,
+    Admin,
+    /// Used by drivers only; never shown to anyone.
+    NeverDisplay,
+}
+
+/// A secret sealed with AES-256-GCM by the keyring (`lintel-auth`), bound to its record
+/// id and field as associated data. The store only ever sees this form.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SealedValue {
+    /// Which keyring key sealed it.
+    pub key_id: String,
+    /// Base64 96-bit nonce.
+    pub nonce: String,
+    /// Base64 ciphertext with the GCM tag.
+    pub ciphertext: String,
+}
+impl std::fmt::Debug for SealedValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedValue")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A settings document's content: plain JSON, or sealed when its level is above `None`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum SettingsBody {
+    Plain(Value),
+    Sealed(SealedValue),
+}
+impl Default for SettingsBody {
+    fn default() -> Self {
+        SettingsBody::Plain(empty_object())
+    }
+}
+
+/// Settings attached to a module, system, zone or driver. Merged nearest-wins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct Settings {
+    pub id: String,
+    pub tenant_id: String,
+    pub parent_id: String,
+    pub encryption_level: EncryptionLevel,
+    pub body: SettingsBody,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: u64,
+}
+/// The record kinds settings can be attached to.
+pub const SETTINGS_PARENTS: [IdKind; 4] =
+    [IdKind::Module, IdKind::System, IdKind::Zone, IdKind::Driver];
+record_common!(
+    Settings,
+    IdKind::Settings,
+    tenant = tenant_id,
+    |self| {
+        require_any_id("parent_id", &SETTINGS_PARENTS, &self.parent_id)?;
+        match (&self.body, self.encryption_level) {
+            (SettingsBody::Plain(v), EncryptionLevel::None) => require_object("body", v),
+            (SettingsBody::Sealed(s), level) if level != EncryptionLevel::None => {
+                if s.key_id.is_empty() || s.nonce.is_empty() || s.ciphertext.is_empty() {
+                    return Err(ValidationError::new("body", "sealed value is incomplete"));
+                }
+                Ok(())
+            }
+            (SettingsBody::Plain(_), _) => Err(ValidationError::new(
+                "body",
+                "settings above encryption level `none` must be sealed",
+            )),
+            (SettingsBody::Sealed(_), _) => Err(ValidationError::new(
+                "body",
+                "settings at encryption level `none` must not be sealed",
+            )),
+        }
+    },
+    index = |self| { vec![("parent", self.parent_id.clone())] },
+    redact = |self| {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if self.encryption_level != EncryptionLevel::None {
+            v["body"] = Value::String(REDACTED.into());
+        }
+        v
+    }
+);
+
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Default, Hash,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    #[default]
     Staff,
     Support,
     Admin,
@@ -260,15 +713,21 @@ pub enum Role {
 }
 
 /// A person who signs in. The password hash is a PHC string (scrypt, parameters inline).
-#[derive(Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
 pub struct User {
     pub id: String,
     pub tenant_id: String,
     pub name: String,
+    /// Unique within the tenant (case-insensitive).
     pub email: String,
-    #[serde(default)]
     pub password_hash: Option<String>,
     pub roles: Vec<Role>,
+    /// Identity-provider groups, mapped to roles at sign-in.
+    pub groups: Vec<String>,
+    pub department: Option<String>,
+    /// Disabled users cannot sign in; their tokens stop working.
+    pub disabled: bool,
     pub created_at: i64,
     pub updated_at: i64,
     pub version: u64,
@@ -282,57 +741,385 @@ impl std::fmt::Debug for User {
             .field("roles", &self.roles)
             .field(
                 "password_hash",
-                &self.password_hash.as_ref().map(|_| "<redacted>"),
+                &self.password_hash.as_ref().map(|_| REDACTED),
             )
             .finish()
     }
 }
-record_common!(User, IdKind::User, tenant = tenant_id, |self| {
-    require_name("name", &self.name)?;
-    if !self.email.contains('@') || self.email.len() > 256 {
-        return Err(ValidationError::new("email", "must be an email address"));
+record_common!(
+    User,
+    IdKind::User,
+    tenant = tenant_id,
+    |self| {
+        require_name("name", &self.name)?;
+        require_email("email", &self.email)?;
+        if let Some(h) = &self.password_hash
+            && (!h.starts_with('$') || h.len() > 512)
+        {
+            return Err(ValidationError::new(
+                "password_hash",
+                "must be a PHC hash string",
+            ));
+        }
+        if let Some(d) = &self.department {
+            bounded("department", d, MAX_NAME)?;
+        }
+        if self.groups.len() > MAX_LIST {
+            return Err(ValidationError::new(
+                "groups",
+                format!("at most {MAX_LIST} entries"),
+            ));
+        }
+        for g in &self.groups {
+            require_name("groups", g)?;
+        }
+        Ok(())
+    },
+    index = |self| { vec![("email", self.email.to_ascii_lowercase())] },
+    search = |self| {
+        lower(&[
+            &self.name,
+            &self.email,
+            self.department.as_deref().unwrap_or(""),
+        ])
+    },
+    redact = |self| {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if self.password_hash.is_some() {
+            v["password_hash"] = Value::String(REDACTED.into());
+        }
+        v
     }
-    Ok(())
-});
+);
+
+/// An API key for BI tools and integrations: the secret is shown once and stored hashed.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct ApiKey {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub description: String,
+    /// The user the key acts for (audit actor), if any.
+    pub user_id: Option<String>,
+    pub role: Role,
+    /// Narrower permissions than the role, e.g. `systems.read`. Empty = the whole role.
+    pub scopes: Vec<String>,
+    /// Hash of the secret (PHC string).
+    pub secret_hash: String,
+    pub last_used_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: u64,
+}
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+record_common!(
+    ApiKey,
+    IdKind::ApiKey,
+    tenant = tenant_id,
+    |self| {
+        require_name("name", &self.name)?;
+        bounded("description", &self.description, MAX_TEXT)?;
+        if let Some(u) = &self.user_id {
+            require_id("user_id", IdKind::User, u)?;
+        }
+        require_tags("scopes", &self.scopes)?;
+        if !self.secret_hash.starts_with('$') || self.secret_hash.len() > 512 {
+            return Err(ValidationError::new(
+                "secret_hash",
+                "must be a PHC hash string",
+            ));
+        }
+        Ok(())
+    },
+    index = |self| { self.user_id.iter().map(|u| ("user", u.clone())).collect() },
+    search = |self| { lower(&[&self.name, &self.description]) },
+    redact = |self| {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        v["secret_hash"] = Value::String(REDACTED.into());
+        v
+    }
+);
+
+/// A trigger: conditions over module state and schedules that run actions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct Trigger {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub description: String,
+    /// The system it watches; `None` for a template applied to systems later.
+    pub control_system_id: Option<String>,
+    pub enabled: bool,
+    /// Conditions (state comparisons, schedules, webhooks): a JSON array.
+    pub conditions: Value,
+    /// Actions (function calls, emails): a JSON array.
+    pub actions: Value,
+    /// Minimum time between two firings.
+    pub debounce_ms: u64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: u64,
+}
+record_common!(
+    Trigger,
+    IdKind::Trigger,
+    tenant = tenant_id,
+    |self| {
+        require_name("name", &self.name)?;
+        bounded("description", &self.description, MAX_TEXT)?;
+        if let Some(sys) = &self.control_system_id {
+            require_id("control_system_id", IdKind::System, sys)?;
+        }
+        for (field, v) in [("conditions", &self.conditions), ("actions", &self.actions)] {
+            if !(v.is_array() || v.is_null()) {
+                return Err(ValidationError::new(field, "must be a JSON array"));
+            }
+        }
+        Ok(())
+    },
+    index = |self| {
+        self.control_system_id
+            .iter()
+            .map(|s| ("system", s.clone()))
+            .collect()
+    },
+    search = |self| { lower(&[&self.name, &self.description]) }
+);
+
+/// A free-form JSON document attached to any record (PlaceOS metadata: floor maps,
+/// booking rules, app configuration).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct Metadata {
+    pub id: String,
+    pub tenant_id: String,
+    pub parent_id: String,
+    pub name: String,
+    pub description: String,
+    pub details: Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: u64,
+}
+record_common!(
+    Metadata,
+    IdKind::Metadata,
+    tenant = tenant_id,
+    |self| {
+        if IdKind::of_id(&self.parent_id).is_none() {
+            return Err(ValidationError::new(
+                "parent_id",
+                "must be a record id (`sys-…`, `zone-…`, …)",
+            ));
+        }
+        require_name("name", &self.name)?;
+        bounded("description", &self.description, MAX_TEXT)
+    },
+    index = |self| {
+        vec![
+            ("parent", self.parent_id.clone()),
+            ("name", self.name.clone()),
+        ]
+    },
+    search = |self| { lower(&[&self.name, &self.description]) }
+);
+
+/// What happened to a record.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditAction {
+    #[default]
+    Created,
+    Updated,
+    Deleted,
+    Restored,
+    Purged,
+}
+impl AuditAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::Created => "created",
+            AuditAction::Updated => "updated",
+            AuditAction::Deleted => "deleted",
+            AuditAction::Restored => "restored",
+            AuditAction::Purged => "purged",
+        }
+    }
+}
+
+/// One configuration change: who, when, what, and a diff with secrets redacted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct AuditEntry {
+    /// Time-ordered (`audit-<ms hex>…`), so id order is time order.
+    pub id: String,
+    pub tenant_id: String,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// `user-…`, `key-…`, or `system` for Lintel itself.
+    pub actor: String,
+    pub record_kind: String,
+    pub record_id: String,
+    /// The record's version after the change.
+    pub record_version: u64,
+    pub action: AuditAction,
+    /// `{field: {"from": old, "to": new}}` over top-level fields, secrets redacted.
+    pub diff: Value,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: u64,
+}
+record_common!(
+    AuditEntry,
+    IdKind::Audit,
+    tenant = tenant_id,
+    |self| {
+        require_name("actor", &self.actor)?;
+        if IdKind::from_name(&self.record_kind).is_none() {
+            return Err(ValidationError::new("record_kind", "unknown record kind"));
+        }
+        require_name("record_id", &self.record_id)
+    },
+    index = |self| {
+        vec![
+            ("record", self.record_id.clone()),
+            ("actor", self.actor.clone()),
+        ]
+    }
+);
+
+/// The top-level fields that differ between two redacted records, as
+/// `{field: {"from": old, "to": new}}`. Bookkeeping fields (`version`, `updated_at`) are
+/// left out. `before = None` (created) lists every field with `from: null`.
+pub fn diff(before: Option<&Value>, after: Option<&Value>) -> Value {
+    let empty = serde_json::Map::new();
+    let obj = |v: Option<&Value>| v.and_then(Value::as_object).unwrap_or(&empty).clone();
+    let (b, a) = (obj(before), obj(after));
+    let mut out = serde_json::Map::new();
+    let keys: std::collections::BTreeSet<&String> = b.keys().chain(a.keys()).collect();
+    for k in keys {
+        if k == "version" || k == "updated_at" {
+            continue;
+        }
+        let (from, to) = (b.get(k), a.get(k));
+        if from != to {
+            out.insert(
+                k.clone(),
+                serde_json::json!({"from": from.cloned().unwrap_or(Value::Null), "to": to.cloned().unwrap_or(Value::Null)}),
+            );
+        }
+    }
+    Value::Object(out)
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{new_id, now_unix};
+    use serde_json::json;
 
     fn module() -> Module {
         Module {
             id: new_id(IdKind::Module),
             tenant_id: new_id(IdKind::Tenant),
             driver_id: new_id(IdKind::Driver),
-            control_system_id: None,
-            custom_name: None,
             uri: Some("tcp://10.0.0.5:4352".into()),
             running: true,
-            notes: String::new(),
-            settings: serde_json::json!({}),
             created_at: now_unix(),
             updated_at: now_unix(),
-            version: 0,
+            ..Default::default()
         }
     }
 
     #[test]
     fn validation_names_the_field() {
         assert_eq!(module().validate(), Ok(()));
-        let mut m = module();
-        m.driver_id = "sys-nope".into();
-        assert_eq!(m.validate().unwrap_err().field, "driver_id");
-        let mut m = module();
-        m.uri = Some("file:///etc/passwd".into());
-        assert_eq!(m.validate().unwrap_err().field, "uri");
-        let mut m = module();
-        m.settings = serde_json::json!([1]);
-        assert_eq!(m.validate().unwrap_err().field, "settings");
+        let cases: Vec<(&str, Box<dyn Fn(&mut Module)>)> = vec![
+            ("driver_id", Box::new(|m| m.driver_id = "sys-nope".into())),
+            (
+                "uri",
+                Box::new(|m| m.uri = Some("file:///etc/passwd".into())),
+            ),
+            ("port", Box::new(|m| m.port = Some(0))),
+            ("tls", Box::new(|m| (m.tls, m.udp) = (true, true))),
+            (
+                "custom_name",
+                Box::new(|m| m.custom_name = Some("Bad Name".into())),
+            ),
+            ("tenant_id", Box::new(|m| m.tenant_id = "zone-x".into())),
+            ("notes", Box::new(|m| m.notes = "x".repeat(MAX_TEXT + 1))),
+            ("ip", Box::new(|m| m.ip = Some("a/b".into()))),
+        ];
+        for (field, mutate) in cases {
+            let mut m = module();
+            mutate(&mut m);
+            assert_eq!(m.validate().unwrap_err().field, field);
+        }
+        let sys = ControlSystem {
+            id: new_id(IdKind::System),
+            tenant_id: new_id(IdKind::Tenant),
+            name: "Room".into(),
+            zones: vec!["zone-a".into(), "zone-a".into()],
+            ..Default::default()
+        };
+        assert_eq!(sys.validate().unwrap_err().field, "zones");
+        let zone = Zone {
+            id: "zone-a".into(),
+            tenant_id: new_id(IdKind::Tenant),
+            name: "L1".into(),
+            parent_id: Some("zone-a".into()),
+            ..Default::default()
+        };
+        assert_eq!(zone.validate().unwrap_err().field, "parent_id");
     }
 
     #[test]
-    fn user_debug_never_shows_the_password_hash() {
+    fn module_endpoint_prefers_the_uri_then_ip_and_flags() {
+        let mut m = module();
+        assert_eq!(m.endpoint().as_deref(), Some("tcp://10.0.0.5:4352"));
+        m.uri = None;
+        assert_eq!(m.endpoint(), None);
+        (m.ip, m.port, m.tls) = (Some("panel.local".into()), Some(443), true);
+        assert_eq!(m.endpoint().as_deref(), Some("tls://panel.local:443"));
+    }
+
+    #[test]
+    fn settings_levels_and_sealing_must_agree() {
+        let mut s = Settings {
+            id: new_id(IdKind::Settings),
+            tenant_id: new_id(IdKind::Tenant),
+            parent_id: new_id(IdKind::Module),
+            ..Default::default()
+        };
+        assert_eq!(s.validate(), Ok(()));
+        s.encryption_level = EncryptionLevel::Admin;
+        assert_eq!(s.validate().unwrap_err().field, "body");
+        s.body = SettingsBody::Sealed(SealedValue {
+            key_id: "k1".into(),
+            nonce: "bm9uY2U=".into(),
+            ciphertext: "c2VjcmV0".into(),
+        });
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.redacted()["body"], json!(REDACTED));
+        s.parent_id = new_id(IdKind::User);
+        assert_eq!(s.validate().unwrap_err().field, "parent_id");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_redacted_form() {
         let u = User {
             id: new_id(IdKind::User),
             tenant_id: new_id(IdKind::Tenant),
@@ -340,11 +1127,48 @@ mod tests {
             email: "ada@example.com".into(),
             password_hash: Some("$scrypt$secret-material".into()),
             roles: vec![Role::Admin],
-            created_at: 0,
-            updated_at: 0,
-            version: 0,
+            ..Default::default()
         };
-        let shown = format!("{u:?}");
-        assert!(!shown.contains("secret-material"), "{shown}");
+        assert!(!format!("{u:?}").contains("secret-material"));
+        assert!(!u.redacted().to_string().contains("secret-material"));
+        let k = ApiKey {
+            id: new_id(IdKind::ApiKey),
+            tenant_id: u.tenant_id.clone(),
+            name: "BI".into(),
+            secret_hash: "$scrypt$key-material".into(),
+            ..Default::default()
+        };
+        assert_eq!(k.validate(), Ok(()));
+        assert!(!format!("{k:?}").contains("key-material"));
+        assert!(!k.redacted().to_string().contains("key-material"));
+        let sealed = SealedValue {
+            key_id: "k1".into(),
+            nonce: "n".into(),
+            ciphertext: "cipher-material".into(),
+        };
+        assert!(!format!("{sealed:?}").contains("cipher-material"));
+    }
+
+    #[test]
+    fn diff_lists_changed_fields_only() {
+        let a = json!({"name": "A", "capacity": 4, "version": 1, "updated_at": 1});
+        let b = json!({"name": "B", "capacity": 4, "version": 2, "updated_at": 2});
+        assert_eq!(
+            diff(Some(&a), Some(&b)),
+            json!({"name": {"from": "A", "to": "B"}})
+        );
+        assert_eq!(
+            diff(None, Some(&json!({"name": "A"}))),
+            json!({"name": {"from": null, "to": "A"}})
+        );
+    }
+
+    #[test]
+    fn older_documents_with_missing_fields_still_decode() {
+        let m: Module = serde_json::from_value(json!({
+            "id": "mod-a", "tenant_id": "authority-a", "driver_id": "driver-a"
+        }))
+        .unwrap();
+        assert!(m.running, "modules run unless told otherwise");
     }
 }

@@ -1,18 +1,36 @@
 //! The embedded default: one redb file in the data directory.
 //!
-//! Layout: one table per record kind; key `"<tenant_id>/<id>"`; value = 8-byte big-endian
-//! version followed by the JSON body. Ids are validated (no `/`), so a tenant's records
-//! are exactly the keys starting with `"<tenant_id>/"`.
+//! Layout:
+//! - one table per record kind (`kind.name()`): key `"<tenant_id>/<id>"`, value = a small
+//!   binary header (magic `L2`, version, schema, deleted-at, search text, index entries)
+//!   followed by the JSON body. Ids are validated (no `/`), so a tenant's records are
+//!   exactly the keys starting with `"<tenant_id>/"`.
+//! - `index`: key `"<kind>\0<tenant>\0<index>=<value>\0<id>"`, maintained in the same
+//!   transaction as the record.
+//! - `blob`: key `"<tenant_id>/<sha256>"` → the bytes of a driver component.
+//!
+//! Every commit is one redb write transaction with `Durability::Immediate` (fsync before
+//! the call returns); redb's copy-on-write B-trees make a crash at any point leave either
+//! the old or the new state. Schema-1 values (8-byte version + JSON, written by the first
+//! release) are migrated when the store opens.
 
-use crate::{Change, Doc, Result, Store, StoreError};
+use crate::doc::migrate_doc;
+use crate::{
+    Change, Doc, MAX_PAGE, Page, Query, Result, Store, StoreError, Write, change_for, check_blob,
+    check_size,
+};
 use lintel_model::IdKind;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 
 const FILE_NAME: &str = "lintel.redb";
-const CHANGE_FEED_CAPACITY: usize = 1024;
+const CHANGE_FEED_CAPACITY: usize = 4096;
+const MAGIC: &[u8; 2] = b"L2";
+const INDEX: TableDefinition<'static, &'static str, ()> = TableDefinition::new("index");
+const BLOB: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("blob");
 
 fn table(kind: IdKind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new(kind.name())
@@ -22,39 +40,126 @@ fn key(tenant_id: &str, id: &str) -> String {
     format!("{tenant_id}/{id}")
 }
 
+fn index_key(kind: IdKind, tenant_id: &str, entry: &str, id: &str) -> String {
+    format!("{}\0{tenant_id}\0{entry}\0{id}", kind.name())
+}
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn split_value(kind: IdKind, id: &str, raw: &[u8]) -> Result<(u64, Vec<u8>)> {
-    if raw.len() < 8 {
-        return Err(StoreError::Corrupt {
-            kind,
-            id: id.to_string(),
-            reason: "value shorter than its version header".into(),
-        });
+fn corrupt(kind: IdKind, id: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        kind,
+        id: id.to_string(),
+        reason: reason.into(),
     }
-    let (v, body) = raw.split_at(8);
-    let version = u64::from_be_bytes(v.try_into().expect("split_at(8) gives 8 bytes"));
-    Ok((version, body.to_vec()))
 }
 
-fn join_value(version: u64, body: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + body.len());
-    v.extend_from_slice(&version.to_be_bytes());
-    v.extend_from_slice(body);
-    v
+/// The stored form of a doc (everything but kind, tenant and id, which are the key).
+fn encode_value(doc: &Doc) -> Result<Vec<u8>> {
+    let body = serde_json::to_vec(&doc.body).map_err(backend)?;
+    check_size(doc, body.len())?;
+    let index = doc.index.join("\n");
+    let mut v = Vec::with_capacity(34 + doc.search.len() + index.len() + body.len());
+    v.extend_from_slice(MAGIC);
+    v.extend_from_slice(&doc.version.to_be_bytes());
+    v.extend_from_slice(&doc.schema.to_be_bytes());
+    v.extend_from_slice(&doc.deleted_at.unwrap_or(i64::MIN).to_be_bytes());
+    for part in [doc.search.as_bytes(), index.as_bytes()] {
+        v.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        v.extend_from_slice(part);
+    }
+    v.extend_from_slice(&body);
+    Ok(v)
+}
+
+/// The header of a stored value, borrowed from it.
+struct Header<'a> {
+    version: u64,
+    schema: u32,
+    deleted_at: Option<i64>,
+    search: &'a str,
+    index: &'a str,
+    body: &'a [u8],
+}
+
+fn take<'a>(raw: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if raw.len() < n {
+        return None;
+    }
+    let (head, rest) = raw.split_at(n);
+    *raw = rest;
+    Some(head)
+}
+
+fn parse_header(raw: &[u8]) -> Option<Header<'_>> {
+    let mut r = raw;
+    if take(&mut r, 2)? != MAGIC {
+        return None;
+    }
+    let version = u64::from_be_bytes(take(&mut r, 8)?.try_into().ok()?);
+    let schema = u32::from_be_bytes(take(&mut r, 4)?.try_into().ok()?);
+    let deleted = i64::from_be_bytes(take(&mut r, 8)?.try_into().ok()?);
+    let mut text = || -> Option<&str> {
+        let n = u32::from_be_bytes(take(&mut r, 4)?.try_into().ok()?) as usize;
+        std::str::from_utf8(take(&mut r, n)?).ok()
+    };
+    let (search, index) = (text()?, text()?);
+    Some(Header {
+        version,
+        schema,
+        deleted_at: (deleted != i64::MIN).then_some(deleted),
+        search,
+        index,
+        body: r,
+    })
+}
+
+fn header<'a>(kind: IdKind, id: &str, raw: &'a [u8]) -> Result<Header<'a>> {
+    parse_header(raw).ok_or_else(|| corrupt(kind, id, "damaged value header"))
+}
+
+fn index_list(index: &str) -> Vec<String> {
+    if index.is_empty() {
+        Vec::new()
+    } else {
+        index.split('\n').map(String::from).collect()
+    }
+}
+
+fn decode_value(kind: IdKind, tenant_id: &str, id: &str, raw: &[u8]) -> Result<Doc> {
+    let h = header(kind, id, raw)?;
+    Ok(Doc {
+        kind,
+        tenant_id: tenant_id.to_string(),
+        id: id.to_string(),
+        version: h.version,
+        schema: h.schema,
+        deleted_at: h.deleted_at,
+        index: index_list(h.index),
+        search: h.search.to_string(),
+        body: serde_json::from_slice(h.body).map_err(|e| corrupt(kind, id, e.to_string()))?,
+    })
+}
+
+fn split_key(kind: IdKind, k: &str) -> Result<(&str, &str)> {
+    k.split_once('/')
+        .ok_or_else(|| corrupt(kind, k, "key without a tenant"))
 }
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// Held from the start of a write transaction until its changes are published, so
+    /// the feed carries changes in commit order.
+    write_lock: Arc<Mutex<()>>,
     changes: broadcast::Sender<Change>,
 }
 
 impl EmbeddedStore {
-    /// Open (or create) the store in `data_dir`. Fails with [`StoreError::Locked`] if
-    /// another process has it open.
+    /// Open (or create) the store in `data_dir`, migrating older documents. Fails with
+    /// [`StoreError::Locked`] if another process has it open.
     pub fn open(data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| backend(format!("cannot create {}: {e}", data_dir.display())))?;
@@ -65,15 +170,15 @@ impl EmbeddedStore {
             },
             other => backend(format!("cannot open {}: {other}", path.display())),
         })?;
-        let txn = db.begin_write().map_err(backend)?;
-        for kind in IdKind::ALL {
-            txn.open_table(table(kind)).map_err(backend)?;
+        let migrated = upgrade_schema_1(&db)?;
+        if migrated > 0 {
+            tracing::info!(documents = migrated, "migrated schema-1 documents");
         }
-        txn.commit().map_err(backend)?;
         let (changes, _) = broadcast::channel(CHANGE_FEED_CAPACITY);
         Ok(EmbeddedStore {
             db: Arc::new(db),
             path,
+            write_lock: Arc::new(Mutex::new(())),
             changes,
         })
     }
@@ -82,7 +187,7 @@ impl EmbeddedStore {
         &self.path
     }
 
-    async fn write<T: Send + 'static>(
+    async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -91,22 +196,272 @@ impl EmbeddedStore {
             .await
             .map_err(|e| backend(format!("store task failed: {e}")))?
     }
+}
 
-    fn publish(&self, docs: impl IntoIterator<Item = Change>) {
-        for c in docs {
-            // No receivers is fine: nobody is watching yet.
-            let _ = self.changes.send(c);
+/// Create missing tables and rewrite schema-1 values (no magic header) at the current
+/// schema, in one transaction. Returns how many documents were rewritten.
+fn upgrade_schema_1(db: &Database) -> Result<usize> {
+    let txn = db.begin_write().map_err(backend)?;
+    let mut rewritten = 0;
+    txn.open_table(INDEX).map_err(backend)?;
+    txn.open_table(BLOB).map_err(backend)?;
+    for kind in IdKind::ALL {
+        let old: Vec<(String, Vec<u8>)> = {
+            let t = txn.open_table(table(kind)).map_err(backend)?;
+            let mut old = Vec::new();
+            for entry in t.iter().map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                if !v.value().starts_with(MAGIC) {
+                    old.push((k.value().to_string(), v.value().to_vec()));
+                }
+            }
+            old
+        };
+        for (k, raw) in old {
+            let (tenant, id) = split_key(kind, &k)?;
+            if raw.len() < 8 {
+                return Err(corrupt(kind, id, "schema-1 value shorter than its header"));
+            }
+            let (v, body) = raw.split_at(8);
+            let doc = Doc {
+                kind,
+                tenant_id: tenant.into(),
+                id: id.into(),
+                version: u64::from_be_bytes(v.try_into().expect("8 bytes")),
+                schema: 1,
+                deleted_at: None,
+                index: Vec::new(),
+                search: String::new(),
+                body: serde_json::from_slice(body).map_err(|e| corrupt(kind, id, e.to_string()))?,
+            };
+            for d in migrate_doc(doc)? {
+                let mut t = txn.open_table(table(d.kind)).map_err(backend)?;
+                t.insert(
+                    key(&d.tenant_id, &d.id).as_str(),
+                    encode_value(&d)?.as_slice(),
+                )
+                .map_err(backend)?;
+                let mut ix = txn.open_table(INDEX).map_err(backend)?;
+                for e in &d.index {
+                    ix.insert(index_key(d.kind, &d.tenant_id, e, &d.id).as_str(), ())
+                        .map_err(backend)?;
+                }
+                rewritten += 1;
+            }
+        }
+    }
+    txn.commit().map_err(backend)?;
+    Ok(rewritten)
+}
+
+/// Apply one write inside a transaction; returns the stored doc it replaced.
+fn apply(txn: &redb::WriteTransaction, w: &Write) -> Result<Option<Doc>> {
+    let (kind, tenant, id) = w.target();
+    let k = key(tenant, id);
+    let mut t = txn.open_table(table(kind)).map_err(backend)?;
+    let old = match t.get(k.as_str()).map_err(backend)? {
+        Some(raw) => Some(decode_value(kind, tenant, id, raw.value())?),
+        None => None,
+    };
+    let exists = || StoreError::AlreadyExists {
+        kind,
+        id: id.to_string(),
+    };
+    let not_found = || StoreError::NotFound {
+        kind,
+        id: id.to_string(),
+    };
+    let check_version = |old: &Doc, expected: u64| {
+        if old.version == expected {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict {
+                kind,
+                id: id.to_string(),
+                expected,
+                actual: old.version,
+            })
+        }
+    };
+    let new = match w {
+        Write::Insert(doc) => {
+            if old.is_some() {
+                return Err(exists());
+            }
+            Some(doc)
+        }
+        Write::Replace {
+            doc,
+            expected_version,
+        } => {
+            check_version(old.as_ref().ok_or_else(not_found)?, *expected_version)?;
+            Some(doc)
+        }
+        Write::Purge {
+            expected_version, ..
+        } => {
+            let o = old.as_ref().ok_or_else(not_found)?;
+            check_version(o, *expected_version)?;
+            if o.deleted_at.is_none() {
+                return Err(StoreError::NotDeleted {
+                    kind,
+                    id: id.to_string(),
+                });
+            }
+            None
+        }
+    };
+    let mut ix = txn.open_table(INDEX).map_err(backend)?;
+    if let Some(o) = &old {
+        for e in &o.index {
+            ix.remove(index_key(kind, tenant, e, id).as_str())
+                .map_err(backend)?;
+        }
+    }
+    match new {
+        Some(doc) => {
+            t.insert(k.as_str(), encode_value(doc)?.as_slice())
+                .map_err(backend)?;
+            for e in &doc.index {
+                if e.contains('\0') {
+                    return Err(StoreError::BadQuery(format!(
+                        "index entry of {kind} `{id}` contains NUL"
+                    )));
+                }
+                ix.insert(index_key(kind, tenant, e, id).as_str(), ())
+                    .map_err(backend)?;
+            }
+        }
+        None => {
+            t.remove(k.as_str()).map_err(backend)?;
+        }
+    }
+    Ok(old)
+}
+
+/// Walks candidates in key order, counting every match and keeping one page.
+struct Pager<'q> {
+    q: &'q Query,
+    total: u64,
+    skipped: usize,
+    docs: Vec<Doc>,
+    more: bool,
+}
+
+impl<'q> Pager<'q> {
+    fn new(q: &'q Query) -> Self {
+        Pager {
+            q,
+            total: 0,
+            skipped: 0,
+            docs: Vec::new(),
+            more: false,
+        }
+    }
+
+    /// Offer a candidate (already in key order). `full` decodes it when it is kept.
+    fn offer(
+        &mut self,
+        cursor: &str,
+        h: &Header<'_>,
+        full: impl FnOnce() -> Result<Doc>,
+    ) -> Result<()> {
+        let q = self.q;
+        if h.deleted_at.is_some() != q.deleted {
+            return Ok(());
+        }
+        if let Some(s) = &q.search
+            && !h.search.contains(&s.to_lowercase())
+        {
+            return Ok(());
+        }
+        if let Some((name, value)) = &q.index {
+            let want = crate::index_entry(name, value);
+            if !h.index.split('\n').any(|e| e == want) {
+                return Ok(());
+            }
+        }
+        self.total += 1;
+        if q.after.as_deref().is_some_and(|a| cursor <= a) {
+            return Ok(());
+        }
+        if self.skipped < q.offset {
+            self.skipped += 1;
+            return Ok(());
+        }
+        if self.docs.len() < q.limit {
+            self.docs.push(full()?);
+        } else {
+            self.more = true;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Page {
+        let next = if self.more {
+            self.docs.last().map(Doc::cursor)
+        } else {
+            None
+        };
+        Page {
+            docs: self.docs,
+            total: self.total,
+            next,
         }
     }
 }
 
-fn change_of(d: &Doc) -> Change {
-    Change {
-        kind: d.kind,
-        tenant_id: d.tenant_id.clone(),
-        id: d.id.clone(),
-        version: d.version,
+fn run_query(db: &Database, q: &Query) -> Result<Page> {
+    if q.limit == 0 || q.limit > MAX_PAGE {
+        return Err(StoreError::BadQuery(format!(
+            "limit must be 1–{MAX_PAGE}, got {}",
+            q.limit
+        )));
     }
+    let kind = q.kind;
+    let txn = db.begin_read().map_err(backend)?;
+    let t = txn.open_table(table(kind)).map_err(backend)?;
+    let mut pager = Pager::new(q);
+    match (&q.tenant_id, &q.index) {
+        (Some(tenant), Some((name, value))) => {
+            // Walk the index: ids in order, then point reads.
+            let ix = txn.open_table(INDEX).map_err(backend)?;
+            let prefix = index_key(kind, tenant, &crate::index_entry(name, value), "");
+            let end = format!("{}\u{1}", &prefix[..prefix.len() - 1]);
+            for entry in ix.range(prefix.as_str()..end.as_str()).map_err(backend)? {
+                let (k, _) = entry.map_err(backend)?;
+                let id = &k.value()[prefix.len()..];
+                let Some(raw) = t.get(key(tenant, id).as_str()).map_err(backend)? else {
+                    return Err(corrupt(kind, id, "index entry without its record"));
+                };
+                let raw = raw.value();
+                let h = header(kind, id, raw)?;
+                pager.offer(&key(tenant, id), &h, || decode_value(kind, tenant, id, raw))?;
+            }
+        }
+        (scope, _) => {
+            let (lo, hi) = match scope {
+                // '0' sorts right after '/', so this is exactly the tenant's key prefix.
+                Some(tenant) => (
+                    Bound::Included(format!("{tenant}/")),
+                    Bound::Excluded(format!("{tenant}0")),
+                ),
+                None => (Bound::Unbounded, Bound::Unbounded),
+            };
+            let range = (
+                lo.as_ref().map(String::as_str),
+                hi.as_ref().map(String::as_str),
+            );
+            for entry in t.range::<&str>(range).map_err(backend)? {
+                let (k, v) = entry.map_err(backend)?;
+                let (tenant, id) = split_key(kind, k.value())?;
+                let raw = v.value();
+                let h = header(kind, id, raw)?;
+                pager.offer(k.value(), &h, || decode_value(kind, tenant, id, raw))?;
+            }
+        }
+    }
+    Ok(pager.finish())
 }
 
 #[async_trait::async_trait]
@@ -114,114 +469,93 @@ impl Store for EmbeddedStore {
     async fn get_doc(&self, kind: IdKind, tenant_id: &str, id: &str) -> Result<Option<Doc>> {
         let txn = self.db.begin_read().map_err(backend)?;
         let t = txn.open_table(table(kind)).map_err(backend)?;
-        let Some(raw) = t.get(key(tenant_id, id).as_str()).map_err(backend)? else {
-            return Ok(None);
-        };
-        let (version, body) = split_value(kind, id, raw.value())?;
-        Ok(Some(Doc {
-            kind,
-            tenant_id: tenant_id.to_string(),
-            id: id.to_string(),
-            version,
-            body,
-        }))
+        match t.get(key(tenant_id, id).as_str()).map_err(backend)? {
+            Some(raw) => Ok(Some(decode_value(kind, tenant_id, id, raw.value())?)),
+            None => Ok(None),
+        }
     }
 
-    async fn insert_docs(&self, docs: Vec<Doc>) -> Result<()> {
-        let changes: Vec<Change> = docs.iter().map(change_of).collect();
-        self.write(move |db| {
+    async fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let lock = self.write_lock.clone();
+        let feed = self.changes.clone();
+        self.blocking(move |db| {
+            let _serial = lock
+                .lock()
+                .map_err(|_| backend("store write lock poisoned"))?;
             let txn = db.begin_write().map_err(backend)?;
-            for d in &docs {
-                let mut t = txn.open_table(table(d.kind)).map_err(backend)?;
-                let k = key(&d.tenant_id, &d.id);
-                if t.get(k.as_str()).map_err(backend)?.is_some() {
-                    // Dropping `txn` without commit aborts it: nothing is written.
-                    return Err(StoreError::AlreadyExists {
-                        kind: d.kind,
-                        id: d.id.clone(),
-                    });
-                }
-                t.insert(k.as_str(), join_value(d.version, &d.body).as_slice())
-                    .map_err(backend)?;
+            let mut changes = Vec::with_capacity(writes.len());
+            for w in &writes {
+                // An error drops `txn` without commit: nothing of the batch is written.
+                let old = apply(&txn, w)?;
+                changes.push(change_for(w, old.as_ref()));
             }
-            txn.commit().map_err(backend)
-        })
-        .await?;
-        self.publish(changes);
-        Ok(())
-    }
-
-    async fn replace_doc(&self, doc: Doc, expected_version: u64) -> Result<()> {
-        let change = change_of(&doc);
-        self.write(move |db| {
-            let txn = db.begin_write().map_err(backend)?;
-            {
-                let mut t = txn.open_table(table(doc.kind)).map_err(backend)?;
-                let k = key(&doc.tenant_id, &doc.id);
-                let actual = match t.get(k.as_str()).map_err(backend)? {
-                    Some(raw) => split_value(doc.kind, &doc.id, raw.value())?.0,
-                    None => {
-                        return Err(StoreError::NotFound {
-                            kind: doc.kind,
-                            id: doc.id.clone(),
-                        });
-                    }
-                };
-                if actual != expected_version {
-                    return Err(StoreError::Conflict {
-                        kind: doc.kind,
-                        id: doc.id.clone(),
-                        expected: expected_version,
-                        actual,
-                    });
-                }
-                t.insert(k.as_str(), join_value(doc.version, &doc.body).as_slice())
-                    .map_err(backend)?;
+            txn.commit().map_err(backend)?;
+            for c in changes {
+                // No receivers is fine: nobody is watching yet.
+                let _ = feed.send(c);
             }
-            txn.commit().map_err(backend)
-        })
-        .await?;
-        self.publish([change]);
-        Ok(())
-    }
-
-    async fn list_docs(&self, kind: IdKind, tenant_id: Option<&str>) -> Result<Vec<Doc>> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let t = txn.open_table(table(kind)).map_err(backend)?;
-        let mut out = Vec::new();
-        let mut push = |k: &str, v: &[u8]| -> Result<()> {
-            let (tenant, id) = k.split_once('/').ok_or_else(|| StoreError::Corrupt {
-                kind,
-                id: k.to_string(),
-                reason: "key without a tenant".into(),
-            })?;
-            let (version, body) = split_value(kind, id, v)?;
-            out.push(Doc {
-                kind,
-                tenant_id: tenant.to_string(),
-                id: id.to_string(),
-                version,
-                body,
-            });
             Ok(())
-        };
-        match tenant_id {
-            Some(tenant) => {
-                // '0' sorts right after '/', so this is exactly the tenant's key prefix.
-                let (lo, hi) = (format!("{tenant}/"), format!("{tenant}0"));
-                for entry in t.range(lo.as_str()..hi.as_str()).map_err(backend)? {
-                    let (k, v) = entry.map_err(backend)?;
-                    push(k.value(), v.value())?;
-                }
-            }
-            None => {
+        })
+        .await
+    }
+
+    async fn query(&self, query: Query) -> Result<Page> {
+        self.blocking(move |db| run_query(db, &query)).await
+    }
+
+    async fn export(&self) -> Result<Vec<Doc>> {
+        self.blocking(|db| {
+            // One read transaction: a consistent snapshot while writers carry on.
+            let txn = db.begin_read().map_err(backend)?;
+            let mut out = Vec::new();
+            for kind in IdKind::ALL {
+                let t = txn.open_table(table(kind)).map_err(backend)?;
+                out.reserve(t.len().map_err(backend)? as usize);
                 for entry in t.iter().map_err(backend)? {
                     let (k, v) = entry.map_err(backend)?;
-                    push(k.value(), v.value())?;
+                    let (tenant, id) = split_key(kind, k.value())?;
+                    out.push(decode_value(kind, tenant, id, v.value())?);
                 }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn put_blob(&self, tenant_id: &str, hash: &str, bytes: Vec<u8>) -> Result<()> {
+        check_blob(hash, bytes.len())?;
+        let k = key(tenant_id, &hash.to_ascii_lowercase());
+        let lock = self.write_lock.clone();
+        self.blocking(move |db| {
+            let _serial = lock
+                .lock()
+                .map_err(|_| backend("store write lock poisoned"))?;
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut t = txn.open_table(BLOB).map_err(backend)?;
+                if t.get(k.as_str()).map_err(backend)?.is_some() {
+                    return Ok(()); // content-addressed: already there
+                }
+                t.insert(k.as_str(), bytes.as_slice()).map_err(backend)?;
+            }
+            txn.commit().map_err(backend)
+        })
+        .await
+    }
+
+    async fn get_blob(&self, tenant_id: &str, hash: &str) -> Result<Option<Vec<u8>>> {
+        let k = key(tenant_id, &hash.to_ascii_lowercase());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let t = txn.open_table(BLOB).map_err(backend)?;
+            Ok(t.get(k.as_str())
+                .map_err(backend)?
+                .map(|v| v.value().to_vec()))
+        })
+        .await
     }
 
     fn changes(&self) -> broadcast::Receiver<Change> {
@@ -231,190 +565,36 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<()> {
         self.db.begin_read().map(drop).map_err(backend)
     }
+
+    fn backend_name(&self) -> &'static str {
+        "embedded"
+    }
 }
 
-/// The conformance suite every `Store` adapter must pass, run here on the embedded store.
 #[cfg(test)]
-mod conformance {
+mod tests {
     use super::*;
-    use crate::StoreExt;
-    use lintel_model::{ControlSystem, Tenant, Zone, new_id, now_unix};
 
-    fn tenant() -> Tenant {
-        Tenant {
-            id: new_id(IdKind::Tenant),
-            name: "Acme".into(),
-            domain: "acme.example".into(),
-            created_at: now_unix(),
-            updated_at: now_unix(),
-            version: 0,
-        }
-    }
-
-    fn system(tenant_id: &str, name: &str) -> ControlSystem {
-        ControlSystem {
-            id: new_id(IdKind::System),
-            tenant_id: tenant_id.into(),
-            name: name.into(),
-            description: String::new(),
-            email: None,
-            capacity: 4,
-            bookable: true,
-            timezone: None,
-            zones: vec![],
-            modules: vec![],
-            created_at: now_unix(),
-            updated_at: now_unix(),
-            version: 0,
-        }
-    }
-
-    fn open() -> (tempfile::TempDir, EmbeddedStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
-        (dir, store)
-    }
-
-    #[tokio::test]
-    async fn insert_get_and_duplicate() {
-        let (_d, s) = open();
-        let t = s.insert(tenant()).await.unwrap();
-        assert_eq!(t.version, 1);
-        let back: Tenant = s.require(&t.id, &t.id).await.unwrap();
-        assert_eq!(back, t);
-        let err = s.insert(t.clone()).await.unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
-    }
-
-    #[tokio::test]
-    async fn replace_is_compare_and_swap() {
-        let (_d, s) = open();
-        let t = s.insert(tenant()).await.unwrap();
-        let sys = s.insert(system(&t.id, "Room 1")).await.unwrap();
-        let mut a = sys.clone();
-        a.name = "Room One".into();
-        let a = s.update(a).await.unwrap();
-        assert_eq!(a.version, 2);
-        // A writer still holding version 1 loses, and its change is not applied.
-        let mut stale = sys.clone();
-        stale.name = "Stale".into();
-        let err = s.update(stale).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::Conflict {
-                    expected: 1,
-                    actual: 2,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        let now: ControlSystem = s.require(&t.id, &sys.id).await.unwrap();
-        assert_eq!(now.name, "Room One");
-    }
-
-    #[tokio::test]
-    async fn tenants_cannot_see_each_other() {
-        let (_d, s) = open();
-        let (a, b) = (
-            s.insert(tenant()).await.unwrap(),
-            s.insert(tenant()).await.unwrap(),
-        );
-        let sys_a = s.insert(system(&a.id, "A room")).await.unwrap();
-        s.insert(system(&b.id, "B room")).await.unwrap();
-        let got: Option<ControlSystem> = s.get(&b.id, &sys_a.id).await.unwrap();
-        assert!(got.is_none());
-        let listed: Vec<ControlSystem> = s.list(&b.id).await.unwrap();
-        assert_eq!(listed.len(), 1);
-        assert_eq!(listed[0].name, "B room");
-        let tenants: Vec<Tenant> = s.list("").await.unwrap();
-        assert_eq!(tenants.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn batch_insert_is_all_or_nothing() {
-        let (_d, s) = open();
-        let t = s.insert(tenant()).await.unwrap();
-        let existing = s.insert(system(&t.id, "Existing")).await.unwrap();
-        let fresh = system(&t.id, "Fresh");
-        let zone = Zone {
-            id: new_id(IdKind::Zone),
-            tenant_id: t.id.clone(),
-            name: "Level 1".into(),
-            description: String::new(),
-            tags: vec!["level".into()],
-            parent_id: None,
-            created_at: 0,
-            updated_at: 0,
-            version: 0,
+    #[test]
+    fn value_header_round_trips_and_rejects_damage() {
+        let doc = Doc {
+            kind: IdKind::Zone,
+            tenant_id: "authority-t".into(),
+            id: "zone-z".into(),
+            version: 7,
+            schema: 2,
+            deleted_at: Some(1_700_000_000),
+            index: vec!["tag=level".into(), "parent=zone-p".into()],
+            search: "level 1".into(),
+            body: serde_json::json!({"name": "Level 1"}),
         };
-        let err = s
-            .insert_all(vec![
-                Box::new(fresh.clone()),
-                Box::new(zone.clone()),
-                Box::new(existing),
-            ])
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::AlreadyExists { .. }));
-        assert!(
-            s.get::<ControlSystem>(&t.id, &fresh.id)
-                .await
-                .unwrap()
-                .is_none()
-        );
-        assert!(s.get::<Zone>(&t.id, &zone.id).await.unwrap().is_none());
-    }
-
-    #[tokio::test]
-    async fn invalid_records_are_rejected_naming_the_field() {
-        let (_d, s) = open();
-        let t = s.insert(tenant()).await.unwrap();
-        let mut sys = system(&t.id, "Room");
-        sys.zones = vec!["nope".into()];
-        let err = s.insert(sys).await.unwrap_err();
-        assert!(err.to_string().contains("`zones`"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn changes_are_published_after_writes() {
-        let (_d, s) = open();
-        let mut feed = s.changes();
-        let t = s.insert(tenant()).await.unwrap();
-        let c = feed.recv().await.unwrap();
+        let raw = encode_value(&doc).unwrap();
         assert_eq!(
-            (c.kind, c.id.as_str(), c.version),
-            (IdKind::Tenant, t.id.as_str(), 1)
+            decode_value(IdKind::Zone, "authority-t", "zone-z", &raw).unwrap(),
+            doc
         );
-    }
-
-    #[tokio::test]
-    async fn data_survives_reopen_and_a_second_opener_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = {
-            let s = EmbeddedStore::open(dir.path()).unwrap();
-            let t = s.insert(tenant()).await.unwrap();
-            let err = EmbeddedStore::open(dir.path())
-                .err()
-                .expect("second open must fail");
-            assert!(matches!(err, StoreError::Locked { .. }), "{err}");
-            t
-        };
-        let s = EmbeddedStore::open(dir.path()).unwrap();
-        let back: Tenant = s.require(&t.id, &t.id).await.unwrap();
-        assert_eq!(back, t);
-    }
-
-    #[tokio::test]
-    async fn malformed_ids_find_nothing() {
-        let (_d, s) = open();
-        let t = s.insert(tenant()).await.unwrap();
-        for id in ["", "sys-", "../sys-x", "sys-a/b", "mod-abc"] {
-            assert!(
-                s.get::<ControlSystem>(&t.id, id).await.unwrap().is_none(),
-                "{id}"
-            );
+        for cut in [0, 1, 5, 20, 30] {
+            assert!(parse_header(&raw[..cut]).is_none(), "cut at {cut}");
         }
     }
 }
