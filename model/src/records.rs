@@ -1047,7 +1047,8 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         assert_eq!(module().validate(), Ok(()));
-        let cases: Vec<(&str, Box<dyn Fn(&mut Module)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Module)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("driver_id", Box::new(|m| m.driver_id = "sys-nope".into())),
             (
                 "uri",

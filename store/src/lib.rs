@@ -11,6 +11,8 @@
 //! trail and soft delete on top. Every key and query names a tenant, so no call can reach
 //! another tenant's records.
 
+#![recursion_limit = "256"] // the Couchbase SDK's futures are deeply nested
+
 mod backup;
 mod couchbase;
 mod doc;
