@@ -13,7 +13,20 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// Environment variables with the `LINTEL_` prefix that are not configuration keys.
-const NOT_CONFIG: &[&str] = &["CONFIG", "COUCHBASE_URL", "WASM_TARGET_DIR", "TEST_BIN"];
+/// (`LINTEL_COUCHBASE_*` and `LINTEL_TEST_*` configure the test suites, not Lintel.)
+const NOT_CONFIG: &[&str] = &[
+    "CONFIG",
+    "COUCHBASE_URL",
+    "COUCHBASE_USERNAME",
+    "COUCHBASE_PASSWORD",
+    "COUCHBASE_BUCKET",
+    "COUCHBASE_CA_FILE",
+    "WASM_TARGET_DIR",
+    "TEST_BIN",
+    "TEST_CRASH_BACKEND",
+    "TEST_CRASH_DIR",
+    "TEST_CRASH_SCOPE",
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +36,7 @@ pub struct Config {
     pub http: Http,
     pub log: Log,
     pub engine: Engine,
+    pub store: StoreConfig,
     pub auth: Auth,
     pub bootstrap: Bootstrap,
     /// The first-run admin password (prefer `admin_password_file`).
@@ -65,6 +79,48 @@ pub struct Engine {
     pub exec_timeout_ms: u64,
     pub module_memory_mb: usize,
     pub event_budget_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// redb in `data_dir` (the default).
+    Embedded,
+    /// A Couchbase cluster (`[store.couchbase]`).
+    Couchbase,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// Soft-deleted records can be restored for this many days, then they are purged.
+    pub retention_days: u32,
+    /// How often expired tombstones are purged.
+    pub purge_interval_secs: u64,
+    pub couchbase: Couchbase,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Couchbase {
+    /// `couchbases://host1,host2` (TLS).
+    pub url: String,
+    pub username: String,
+    /// Prefer `password_file`.
+    #[serde(skip_serializing)]
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub bucket: String,
+    pub scope: String,
+    /// PEM file of the CA that signed the cluster's certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Upper bound on every call to the cluster.
+    pub timeout_ms: u64,
+    /// Retries of transient failures, with exponential backoff.
+    pub retries: usize,
+    /// Create the scope, collections and indexes at start if missing.
+    pub create_layout: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,6 +178,23 @@ impl Default for Config {
                 module_memory_mb: 32,
                 event_budget_ms: 100,
             },
+            store: StoreConfig {
+                backend: StoreBackend::Embedded,
+                retention_days: 30,
+                purge_interval_secs: 3600,
+                couchbase: Couchbase {
+                    url: String::new(),
+                    username: String::new(),
+                    password: None,
+                    password_file: None,
+                    bucket: "lintel".into(),
+                    scope: "lintel".into(),
+                    ca_file: None,
+                    timeout_ms: 10_000,
+                    retries: 3,
+                    create_layout: false,
+                },
+            },
             auth: Auth {
                 token_ttl_secs: 3600,
                 hash_concurrency: 2,
@@ -178,18 +251,17 @@ impl Config {
     }
 
     fn resolve_secret_files(&mut self) -> Result<(), ConfigError> {
-        if let Some(path) = &self.admin_password_file {
-            if self.admin_password.is_some() {
-                return Err(invalid(
-                    "admin_password_file",
-                    "set either admin_password or admin_password_file, not both",
-                ));
-            }
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| invalid("admin_password_file", format!("{}: {e}", path.display())))?;
-            self.admin_password = Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()));
-        }
-        Ok(())
+        read_secret_file(
+            "admin_password",
+            &mut self.admin_password,
+            &self.admin_password_file,
+        )?;
+        let cb = &mut self.store.couchbase;
+        read_secret_file(
+            "store.couchbase.password",
+            &mut cb.password,
+            &cb.password_file,
+        )
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -231,6 +303,52 @@ impl Config {
                 "must be between 60 and 86400",
             ));
         }
+        let st = &self.store;
+        if st.retention_days > 3650 {
+            return Err(invalid("store.retention_days", "must be at most 3650"));
+        }
+        if !(60..=86_400).contains(&st.purge_interval_secs) {
+            return Err(invalid(
+                "store.purge_interval_secs",
+                "must be between 60 and 86400",
+            ));
+        }
+        let cb = &st.couchbase;
+        if st.backend == StoreBackend::Couchbase {
+            if !(cb.url.starts_with("couchbases://") || cb.url.starts_with("couchbase://")) {
+                return Err(invalid(
+                    "store.couchbase.url",
+                    "must be couchbases://host[,host…] (or couchbase:// without TLS)",
+                ));
+            }
+            if cb.username.is_empty() || cb.password.is_none() {
+                return Err(invalid(
+                    "store.couchbase.password",
+                    "the Couchbase backend needs username and password (or password_file)",
+                ));
+            }
+            if cb.ca_file.is_some() && !cb.url.starts_with("couchbases://") {
+                return Err(invalid(
+                    "store.couchbase.ca_file",
+                    "a CA file needs a couchbases:// (TLS) url",
+                ));
+            }
+        }
+        if cb.bucket.is_empty() || cb.scope.is_empty() {
+            return Err(invalid(
+                "store.couchbase.bucket",
+                "bucket and scope must not be empty",
+            ));
+        }
+        if !(100..=600_000).contains(&cb.timeout_ms) {
+            return Err(invalid(
+                "store.couchbase.timeout_ms",
+                "must be between 100 and 600000",
+            ));
+        }
+        if cb.retries > 20 {
+            return Err(invalid("store.couchbase.retries", "must be at most 20"));
+        }
         if !(1..=64).contains(&self.auth.hash_concurrency) {
             return Err(invalid("auth.hash_concurrency", "must be between 1 and 64"));
         }
@@ -256,9 +374,51 @@ impl Config {
         Ok(())
     }
 
+    /// The Couchbase adapter's settings.
+    pub fn couchbase(&self) -> lintel_store::CouchbaseConfig {
+        let cb = &self.store.couchbase;
+        lintel_store::CouchbaseConfig {
+            url: cb.url.clone(),
+            username: cb.username.clone(),
+            password: cb
+                .password
+                .as_ref()
+                .map(|p| p.expose().to_string())
+                .unwrap_or_default(),
+            bucket: cb.bucket.clone(),
+            scope: cb.scope.clone(),
+            ca_file: cb.ca_file.clone(),
+            timeout: std::time::Duration::from_millis(cb.timeout_ms),
+            retries: cb.retries,
+            create_layout: cb.create_layout,
+        }
+    }
+
     pub fn listen(&self) -> SocketAddr {
         SocketAddr::new(self.http.address, self.http.port)
     }
+}
+
+/// Fill `secret` from `file` (trailing newline removed); both set is an error.
+fn read_secret_file(
+    key: &str,
+    secret: &mut Option<Secret>,
+    file: &Option<PathBuf>,
+) -> Result<(), ConfigError> {
+    let Some(path) = file else {
+        return Ok(());
+    };
+    let file_key = format!("{key}_file");
+    if secret.is_some() {
+        return Err(invalid(
+            &file_key,
+            format!("set either {key} or {file_key}, not both"),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(&file_key, format!("{}: {e}", path.display())))?;
+    *secret = Some(Secret(text.trim_end_matches(['\r', '\n']).to_string()));
+    Ok(())
 }
 
 /// Turn figment's errors into one message per problem, naming the key and its source.
@@ -394,6 +554,30 @@ mod tests {
             e.contains("`admin_password`") && !e.contains("short"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_couchbase_backend_needs_its_settings() {
+        let e = load("[store]\nbackend = \"couchbase\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`store.couchbase.url`"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("cbpw");
+        std::fs::write(&pw, "cb-canary-password\n").unwrap();
+        let c = load(
+            "[store]\nbackend = \"couchbase\"\n[store.couchbase]\nurl = \"couchbases://cb.local\"\nusername = \"lintel\"\n",
+            &[("LINTEL_STORE__COUCHBASE__PASSWORD_FILE", pw.to_str().unwrap())],
+        )
+        .unwrap();
+        assert_eq!(c.couchbase().password, "cb-canary-password");
+        assert!(!format!("{c:?} {:?}", c.couchbase()).contains("canary"));
+        let e = load("[store]\nretention_days = 99999\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`store.retention_days`"), "{e}");
+        // The test suites' variables are not configuration keys.
+        load("", &[("LINTEL_COUCHBASE_USERNAME", "x")]).unwrap();
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! `lintel`: the building-automation engine.
 
+mod admin;
 mod bootstrap;
 mod config;
 mod demo;
 mod serve;
+mod store;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -29,6 +31,49 @@ enum Command {
     Version,
     /// Check the configuration and print the effective values (secrets left out).
     Config,
+    /// Write a consistent backup of all configuration (also while Lintel serves).
+    Backup {
+        /// The backup file to write (it appears only once complete and verified).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Load a backup into an empty data directory (or an empty Couchbase scope).
+    Restore {
+        /// A file written by `lintel backup`.
+        file: PathBuf,
+    },
+}
+
+/// Run a one-shot store command on a small runtime; prints its outcome.
+fn run_store_command<F>(cli: &Cli, what: &str, f: F) -> ExitCode
+where
+    F: AsyncFnOnce(config::Config) -> anyhow::Result<lintel_store::BackupSummary>,
+{
+    let cfg = match load_config(cli) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(f(cfg)) {
+        Ok(s) => {
+            println!("{what}: {} records, {} driver components", s.docs, s.blobs);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn load_config(cli: &Cli) -> Result<config::Config, ExitCode> {
@@ -63,6 +108,20 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Backup { ref out } => {
+            let out = out.clone();
+            run_store_command(
+                &cli,
+                &format!("backup written to {}", out.display()),
+                async move |cfg| store::backup(&cfg, &out).await,
+            )
+        }
+        Command::Restore { ref file } => {
+            let file = file.clone();
+            run_store_command(&cli, "restored", async move |cfg| {
+                store::restore(&cfg, &file).await
+            })
+        }
         Command::Serve => {
             let cfg = match load_config(&cli) {
                 Ok(c) => c,

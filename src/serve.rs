@@ -6,7 +6,7 @@ use anyhow::Context;
 use lintel_api::{AppState, HttpConfig};
 use lintel_auth::{PasswordHasher, TokenIssuer};
 use lintel_engine::{Engine, EngineConfig, SandboxLimits};
-use lintel_store::{EmbeddedStore, Store};
+use lintel_store::Store;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +54,24 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
+/// Purge soft-deleted records older than the retention window, now and every `every`.
+async fn purge_tombstones(store: Arc<dyn Store>, retention_days: u32, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let cutoff = lintel_model::now_unix() - i64::from(retention_days) * 86_400;
+        match lintel_store::purge_expired(store.as_ref(), cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                records = n,
+                retention_days,
+                "purged deleted records past retention"
+            ),
+            Err(e) => tracing::error!(error = %e, "purging deleted records failed; will retry"),
+        }
+    }
+}
+
 pub async fn serve(
     cfg: Config,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
@@ -64,8 +82,17 @@ pub async fn serve(
         .with_context(|| format!("cannot listen on {}", cfg.listen()))?;
     let addr = listener.local_addr()?;
     prepare_data_dir(&cfg.data_dir)?;
-    let store: Arc<dyn Store> =
-        Arc::new(EmbeddedStore::open(&cfg.data_dir).context("cannot open the store")?);
+    let store = crate::store::open(&cfg)
+        .await
+        .context("cannot open the store")?;
+    tracing::info!(backend = store.backend_name(), "store open");
+    let admin = crate::admin::listen(&cfg.data_dir, store.clone())
+        .context("cannot open the admin socket")?;
+    let purger = tokio::spawn(purge_tombstones(
+        store.clone(),
+        cfg.store.retention_days,
+        Duration::from_secs(cfg.store.purge_interval_secs),
+    ));
     let tokens = Arc::new(
         TokenIssuer::load_or_create(&cfg.data_dir, Duration::from_secs(cfg.auth.token_ttl_secs))
             .context("cannot load the token signing key")?,
@@ -149,6 +176,9 @@ pub async fn serve(
     handle.stop(true).await;
     let _ = server_task.await;
     starter.abort();
+    purger.abort();
+    admin.abort();
+    let _ = std::fs::remove_file(crate::admin::socket_path(&cfg.data_dir));
     engine.shutdown().await;
     drop(engine);
     drop(store);

@@ -274,6 +274,15 @@ fn verify(bytes: &[u8]) -> Result<Verified, RestoreError> {
     Ok(out)
 }
 
+/// Check a backup completely (header, every line, counts, checksum) without writing.
+pub fn check_backup(bytes: &[u8]) -> Result<BackupSummary, RestoreError> {
+    let v = verify(bytes)?;
+    Ok(BackupSummary {
+        docs: v.docs.len() as u64,
+        blobs: v.blobs.len() as u64,
+    })
+}
+
 /// Load a backup into an empty store. The whole file is verified first; a damaged or
 /// truncated file writes nothing. Older-schema records are migrated on the way in.
 pub async fn restore<S: Store + ?Sized>(

@@ -19,7 +19,7 @@ mod doc;
 mod embedded;
 mod typed;
 
-pub use backup::{BackupSummary, RestoreError, restore, write_backup};
+pub use backup::{BackupSummary, RestoreError, check_backup, restore, write_backup};
 pub use couchbase::{CouchbaseConfig, CouchbaseStore};
 pub use doc::{doc_from_body, migrate_doc};
 pub use embedded::EmbeddedStore;

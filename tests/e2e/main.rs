@@ -1,6 +1,7 @@
 //! End-to-end tier: the real `lintel` binary, started on a free port with a temporary data
 //! directory, driven over HTTP like a user or a BI tool would.
 
+mod backup;
 mod bad_input;
 mod harness;
 mod serve;

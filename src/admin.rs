@@ -1,0 +1,112 @@
+//! The local admin socket: `<data_dir>/lintel.sock`, mode 0600.
+//!
+//! While `lintel serve` holds the embedded store (one process only), `lintel backup`
+//! asks the server for the snapshot through this socket instead of opening the store.
+//! Access is the file permission: only the user Lintel runs as (or root) can connect.
+//!
+//! Protocol: the client sends one line (`backup`); the server answers `ok\n` followed by
+//! the backup, or `error: <reason>\n`.
+
+use lintel_store::Store;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+const SOCKET: &str = "lintel.sock";
+const MAX_REQUEST: u64 = 64;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET)
+}
+
+/// Listen on the admin socket until the returned task is aborted.
+pub fn listen(
+    data_dir: &Path,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(data_dir);
+    // A socket file left by a process that died; the store lock already proved that no
+    // other Lintel serves this data directory.
+    if path.exists() {
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let (conn, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = handle(conn, store).await {
+                    tracing::warn!(error = %e, "admin socket request failed");
+                }
+            });
+        }
+    }))
+}
+
+async fn handle(conn: UnixStream, store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let (read, mut write) = conn.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST));
+    tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await??;
+    match line.trim_end() {
+        "backup" => {
+            let mut bytes = Vec::new();
+            match lintel_store::write_backup(store.as_ref(), &mut bytes).await {
+                Ok(summary) => {
+                    tracing::info!(
+                        records = summary.docs,
+                        blobs = summary.blobs,
+                        "backup taken over the admin socket"
+                    );
+                    write.write_all(b"ok\n").await?;
+                    write.write_all(&bytes).await?;
+                }
+                Err(e) => {
+                    write.write_all(format!("error: {e}\n").as_bytes()).await?;
+                }
+            }
+        }
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            write
+                .write_all(format!("error: unknown request `{shown}`\n").as_bytes())
+                .await?;
+        }
+    }
+    write.shutdown().await?;
+    Ok(())
+}
+
+/// Ask the server on `data_dir` for a backup; returns its bytes.
+pub async fn request_backup(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    let path = socket_path(data_dir);
+    let mut conn = UnixStream::connect(&path).await.map_err(|e| {
+        anyhow::anyhow!(
+            "the data directory is in use, but its server does not answer on {}: {e}",
+            path.display()
+        )
+    })?;
+    conn.write_all(b"backup\n").await?;
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply).await?;
+    match reply.strip_prefix(b"ok\n") {
+        Some(bytes) => Ok(bytes.to_vec()),
+        None => {
+            let text = String::from_utf8_lossy(&reply[..reply.len().min(512)]);
+            anyhow::bail!("the server refused the backup: {}", text.trim_end())
+        }
+    }
+}
