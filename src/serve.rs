@@ -144,8 +144,11 @@ pub async fn serve(
     let mut server_task = tokio::spawn(server);
     tracing::info!(address = %addr, url = %format!("http://{addr}"), "listening");
 
+    let follow = tokio_util::sync::CancellationToken::new();
     let starter = {
-        let engine = engine.clone();
+        let (engine, follow) = (engine.clone(), follow.clone());
+        // Subscribed before the modules are read, so no change in between is missed.
+        let feed = store.changes();
         tokio::spawn(async move {
             match engine.start_all().await {
                 Ok(n) => tracing::info!(
@@ -155,6 +158,7 @@ pub async fn serve(
                 ),
                 Err(e) => tracing::error!(error = %e, "modules could not be started"),
             }
+            engine.follow_config(feed, follow).await;
         })
     };
 
@@ -175,6 +179,7 @@ pub async fn serve(
     );
     handle.stop(true).await;
     let _ = server_task.await;
+    follow.cancel();
     starter.abort();
     purger.abort();
     admin.abort();

@@ -194,6 +194,143 @@ impl Engine {
         Ok(started)
     }
 
+    /// Follow configuration changes from the Store's change feed until `cancel`: a module
+    /// that is changed restarts with its new config, one switched off or deleted stops,
+    /// one restored starts; a changed driver or settings record restarts the modules it
+    /// applies to. Subscribe (`store.changes()`) before [`start_all`](Self::start_all) so
+    /// no change between the two is missed. A feed that lags re-reads everything.
+    pub async fn follow_config(
+        &self,
+        mut feed: tokio::sync::broadcast::Receiver<lintel_store::Change>,
+        cancel: CancellationToken,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => return,
+                c = feed.recv() => c,
+            };
+            match next {
+                Ok(change) => self.apply_change(&change).await,
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "config change feed lagged; re-reading every module");
+                    self.reconcile().await;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn apply_change(&self, c: &lintel_store::Change) {
+        use lintel_model::{AuditAction, IdKind};
+        if c.action == AuditAction::Purged {
+            return; // a tombstone going away changes nothing that runs
+        }
+        let affected: Result<Vec<String>> = async {
+            Ok(match c.kind {
+                IdKind::Module => vec![c.id.clone()],
+                IdKind::Driver => self.modules_of_driver(&c.tenant_id, &c.id).await?,
+                IdKind::Settings => {
+                    let Some((s, _)) = self
+                        .store
+                        .get_with_tombstone::<Settings>(&c.tenant_id, &c.id)
+                        .await?
+                    else {
+                        return Ok(vec![]);
+                    };
+                    match IdKind::of_id(&s.parent_id) {
+                        Some(IdKind::Module) => vec![s.parent_id],
+                        Some(IdKind::Driver) => {
+                            self.modules_of_driver(&c.tenant_id, &s.parent_id).await?
+                        }
+                        _ => vec![],
+                    }
+                }
+                _ => vec![],
+            })
+        }
+        .await;
+        match affected {
+            Ok(ids) => {
+                for id in ids {
+                    self.sync_module(&c.tenant_id, &id).await;
+                }
+            }
+            Err(e) => {
+                tracing::error!(kind = %c.kind, id = %c.id, error = %e, "cannot apply a config change")
+            }
+        }
+    }
+
+    async fn modules_of_driver(&self, tenant_id: &str, driver_id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .list_all::<Module>(tenant_id, ListOptions::by("driver", driver_id))
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect())
+    }
+
+    /// Make one module match its stored config: (re)start it or stop it.
+    async fn sync_module(&self, tenant_id: &str, module_id: &str) {
+        match self.store.get::<Module>(tenant_id, module_id).await {
+            Ok(Some(m)) if m.running => {
+                if let Err(e) = self.start_module(tenant_id, module_id).await {
+                    tracing::error!(module = %module_id, error = %e, "module not restarted after a config change");
+                }
+            }
+            Ok(_) => {
+                if self.modules.read().contains_key(module_id) {
+                    tracing::info!(module = %module_id, "module stopped: switched off or deleted");
+                }
+                self.stop_module(module_id).await;
+            }
+            Err(e) => {
+                tracing::error!(module = %module_id, error = %e, "cannot read a changed module")
+            }
+        }
+    }
+
+    /// Bring every module in line with the Store (after a lagging change feed).
+    async fn reconcile(&self) {
+        let wanted: Result<Vec<(String, String)>> = async {
+            let mut out = Vec::new();
+            for t in self.store.tenants().await? {
+                for m in self
+                    .store
+                    .list_all::<Module>(&t.id, ListOptions::default())
+                    .await?
+                {
+                    out.push((t.id.clone(), m.id));
+                }
+            }
+            Ok(out)
+        }
+        .await;
+        let wanted = match wanted {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot re-read the modules");
+                return;
+            }
+        };
+        let known: std::collections::HashSet<&String> = wanted.iter().map(|(_, m)| m).collect();
+        let gone: Vec<String> = self
+            .modules
+            .read()
+            .keys()
+            .filter(|id| !known.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.stop_module(&id).await;
+        }
+        for (tenant, id) in &wanted {
+            self.sync_module(tenant, id).await;
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }

@@ -437,3 +437,107 @@ async fn a_misbehaving_driver_is_contained_reported_and_restarted() {
     }
     f.engine.shutdown().await;
 }
+
+/// The engine follows the Store's change feed: switching a module off stops it, deleting
+/// stops it, restoring starts it again, and a settings change restarts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_start_and_stop_modules() {
+    let f = fixture("sim://display").await;
+    f.engine
+        .register_endpoint("display", display_endpoint(DisplaySimulator::default()));
+    f.engine
+        .register_endpoint("occ", occupancy_endpoint(OccupancySimulator::new(None)));
+    let feed = f.engine.store.changes();
+    f.engine.start_all().await.unwrap();
+    let engine = Arc::new(f.engine);
+    let cancel = CancellationToken::new();
+    let follower = {
+        let (engine, cancel) = (engine.clone(), cancel.clone());
+        tokio::spawn(async move { engine.follow_config(feed, cancel).await })
+    };
+    let running = |n: usize| {
+        let engine = engine.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while engine.running_modules() != n {
+                assert!(tokio::time::Instant::now() < deadline, "never {n} running");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    running(2).await;
+    let actor = Actor::system();
+    let display = engine
+        .resolve(&f.tenant, &f.system, "Display_1")
+        .await
+        .unwrap();
+    let occupancy = engine
+        .resolve(&f.tenant, &f.system, "Occupancy_1")
+        .await
+        .unwrap();
+
+    let mut m: Module = engine.store.require(&f.tenant, &display).await.unwrap();
+    m.running = false;
+    engine.store.update(&actor, m).await.unwrap();
+    running(1).await;
+    assert!(engine.state(&f.tenant, &display).is_err());
+
+    engine
+        .store
+        .delete::<Module>(&actor, &f.tenant, &occupancy, None)
+        .await
+        .unwrap();
+    running(0).await;
+    engine
+        .store
+        .restore::<Module>(&actor, &f.tenant, &occupancy)
+        .await
+        .unwrap();
+    running(1).await;
+    wait_for(&engine, &f.tenant, &occupancy, "connected", json!(true)).await;
+
+    // New settings restart the module: its in-memory state starts over.
+    let fx = add_module(
+        &engine,
+        &f.tenant,
+        &f.system,
+        lintel_bundled_drivers::fixtures::MISBEHAVE.component,
+        None,
+        json!({}),
+    )
+    .await;
+    running(2).await;
+    let remember = |v: &'static str| engine.exec(&f.tenant, &fx.id, "remember", vec![json!(v)]);
+    remember("before").await.unwrap();
+    wait_for(&engine, &f.tenant, &fx.id, "remembered", json!("before")).await;
+    engine
+        .store
+        .create(
+            &actor,
+            Settings {
+                id: new_id(IdKind::Settings),
+                tenant_id: f.tenant.clone(),
+                parent_id: fx.id.clone(),
+                body: SettingsBody::Plain(json!({"mode": "new"})),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while engine
+        .state_key(&f.tenant, &fx.id, "remembered")
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "module never restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    follower.await.unwrap();
+    engine.shutdown().await;
+}
