@@ -60,7 +60,8 @@ impl Fixture for EmbeddedFixture {
 
 /// A real Couchbase cluster from `LINTEL_COUCHBASE_URL`, `LINTEL_COUCHBASE_USERNAME`,
 /// `LINTEL_COUCHBASE_PASSWORD`, `LINTEL_COUCHBASE_BUCKET` (and optionally
-/// `LINTEL_COUCHBASE_CA_FILE`). Each run uses fresh scopes, created and dropped here.
+/// `LINTEL_COUCHBASE_CA_FILE`). Each run creates fresh scopes (`tauthority_…`): use a
+/// scratch bucket.
 pub struct CouchbaseFixture {
     base: CouchbaseConfig,
     scope: String,
