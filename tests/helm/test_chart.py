@@ -58,8 +58,21 @@ EXISTING_SECRET_VALUES: dict[str, Any] = {
 PASSWORD = "correct-horse-battery"
 VALUE_PASSWORD_VALUES: dict[str, Any] = {"adminPassword": {"value": PASSWORD}}
 
+COUCHBASE_VALUES: dict[str, Any] = {
+    "store": {
+        "backend": "couchbase",
+        "couchbase": {
+            "url": "couchbases://cb1.example.com,cb2.example.com",
+            "username": "lintel",
+            "existingSecret": "lintel-couchbase",
+            "caSecret": "couchbase-ca",
+        },
+    },
+}
+
 SCENARIOS = {
     "defaults": {},
+    "couchbase": COUCHBASE_VALUES,
     "ingress+existing-secret+config": EXISTING_SECRET_VALUES,
     "password-value": VALUE_PASSWORD_VALUES,
 }
@@ -209,6 +222,7 @@ def test_container_basics(chart):
         "LINTEL_HTTP__PORT": "8080",
         "LINTEL_DATA_DIR": "/var/lib/lintel",
         "LINTEL_LOG__FORMAT": "json",
+        "LINTEL_STORE__BACKEND": "embedded",
     }
     assert c["resources"] == {
         "requests": {"cpu": "100m", "memory": "256Mi"},
@@ -375,6 +389,34 @@ def test_notes(chart):
     assert "Lintel first run" not in notes
 
 
+def test_embedded_store_by_default(chart):
+    r = render(chart)
+    assert r.env["LINTEL_STORE__BACKEND"] == "embedded"
+    assert not any(k.startswith("LINTEL_STORE__COUCHBASE__") for k in r.env)
+    assert {v["name"] for v in r.pod["volumes"]}.isdisjoint({"couchbase-password", "couchbase-ca"})
+
+
+def test_couchbase_store_reads_its_password_and_ca_from_secrets(chart):
+    r = render(chart, COUCHBASE_VALUES)
+    env = r.env
+    assert env["LINTEL_STORE__BACKEND"] == "couchbase"
+    assert env["LINTEL_STORE__COUCHBASE__URL"] == "couchbases://cb1.example.com,cb2.example.com"
+    assert env["LINTEL_STORE__COUCHBASE__USERNAME"] == "lintel"
+    assert env["LINTEL_STORE__COUCHBASE__BUCKET"] == "lintel"
+    assert env["LINTEL_STORE__COUCHBASE__TIMEOUT_MS"] == "10000"
+    assert env["LINTEL_STORE__COUCHBASE__CREATE_LAYOUT"] == "false"
+    assert env["LINTEL_STORE__COUCHBASE__PASSWORD_FILE"] == "/run/secrets/couchbase/password"
+    assert env["LINTEL_STORE__COUCHBASE__CA_FILE"] == "/run/secrets/couchbase-ca/ca.pem"
+    assert "LINTEL_STORE__COUCHBASE__PASSWORD" not in env, "no password in the pod spec"
+    vols = {v["name"]: v for v in r.pod["volumes"]}
+    assert vols["couchbase-password"]["secret"]["secretName"] == "lintel-couchbase"
+    assert vols["couchbase-password"]["secret"]["items"] == [{"key": "password", "path": "password"}]
+    assert vols["couchbase-ca"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.pem"}]
+    mounts = {m["name"]: m["mountPath"] for m in r.container["volumeMounts"]}
+    assert mounts["couchbase-password"] == "/run/secrets/couchbase"
+    assert mounts["couchbase-ca"] == "/run/secrets/couchbase-ca"
+
+
 # --------------------------------------------------------------------------- bad values
 
 
@@ -389,6 +431,13 @@ def test_notes(chart):
         ({"ingress": {"enabled": "yes"}}, r"/ingress/enabled"),
         ({"image": {"pullPolicy": "Sometimes"}}, r"/image/pullPolicy"),
         ({"persistance": {"size": "1Gi"}}, r"persistance"),  # typo of a top-level key
+        ({"store": {"backend": "postgres"}}, r"/store/backend"),
+        ({"store": {"backend": "couchbase"}}, r"/store/couchbase"),
+        (
+            {"store": {"backend": "couchbase", "couchbase": {"url": "http://cb", "username": "u", "existingSecret": "s"}}},
+            r"/store/couchbase/url",
+        ),
+        ({"config": {"store": {"couchbase": {"password": "inline"}}}}, r"/config"),
     ],
 )
 def test_bad_values_are_rejected_clearly(chart, values, complaint):
