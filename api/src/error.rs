@@ -125,9 +125,9 @@ impl From<StoreError> for ApiError {
             StoreError::Locked { .. } | StoreError::Backend(_) => {
                 ApiError::Unavailable("the store is unavailable".into())
             }
-            StoreError::Corrupt { .. } | StoreError::Migration(_) => {
-                ApiError::Internal(e.to_string())
-            }
+            StoreError::Corrupt { .. }
+            | StoreError::Migration(_)
+            | StoreError::NewerData { .. } => ApiError::Internal(e.to_string()),
         }
     }
 }

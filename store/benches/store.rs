@@ -44,7 +44,10 @@ fn rate(n: usize, d: Duration) -> f64 {
 fn percentiles(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    (ms(v[v.len() / 2]), ms(v[(v.len() * 99 / 100).min(v.len() - 1)]))
+    (
+        ms(v[v.len() / 2]),
+        ms(v[(v.len() * 99 / 100).min(v.len() - 1)]),
+    )
 }
 
 async fn time_list<F, Fut>(iterations: usize, mut f: F) -> (f64, f64)
@@ -65,7 +68,10 @@ where
 async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let actor = Actor::system();
-    println!("embedded store (redb, fsync per commit), temp dir {}", dir.path().display());
+    println!(
+        "embedded store (redb, fsync per commit), temp dir {}",
+        dir.path().display()
+    );
 
     // --- durable writes: raw redb, one ~400-byte value per committed transaction
     const WRITES: usize = 300;
@@ -122,12 +128,17 @@ async fn main() {
     for i in 0..READS {
         let txn = raw_db.begin_read().unwrap();
         let table = txn.open_table(RAW).unwrap();
-        std::hint::black_box(redb::ReadableTable::get(&table, format!("k{}", i % WRITES).as_str()).unwrap());
+        std::hint::black_box(
+            redb::ReadableTable::get(&table, format!("k{}", i % WRITES).as_str()).unwrap(),
+        );
     }
     let raw_reads = rate(READS, t.elapsed());
     let t = Instant::now();
     for i in 0..READS {
-        let s: Option<ControlSystem> = store.get(tenant, &systems[i % systems.len()]).await.unwrap();
+        let s: Option<ControlSystem> = store
+            .get(tenant, &systems[i % systems.len()])
+            .await
+            .unwrap();
         std::hint::black_box(s);
     }
     let reads = rate(READS, t.elapsed());
@@ -138,11 +149,20 @@ async fn main() {
 
     // --- listings at 10,300 systems / 100,000 modules
     let total_modules = store
-        .list::<Module>(tenant, ListOptions { limit: 1, ..Default::default() })
+        .list::<Module>(
+            tenant,
+            ListOptions {
+                limit: 1,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
         .total;
-    println!("listing latency over {} systems / {total_modules} modules (p50 / p99 ms):", systems.len() + WRITES);
+    println!(
+        "listing latency over {} systems / {total_modules} modules (p50 / p99 ms):",
+        systems.len() + WRITES
+    );
     let raw_scan = {
         let db = &raw_db;
         // Baseline: a raw redb range scan over as many keys as the modules table holds.
@@ -150,7 +170,8 @@ async fn main() {
         {
             let mut t = txn.open_table(RAW).unwrap();
             for i in 0..total_modules {
-                t.insert(format!("m{i:07}").as_str(), value.as_slice()).unwrap();
+                t.insert(format!("m{i:07}").as_str(), value.as_slice())
+                    .unwrap();
             }
         }
         txn.commit().unwrap();
@@ -164,13 +185,32 @@ async fn main() {
     let store = &store;
     let cases: Vec<(&str, ListOptions)> = vec![
         ("systems, first page of 100", ListOptions::default()),
-        ("systems, search `room 0999`", ListOptions { search: Some("room 0999".into()), ..Default::default() }),
-        ("systems in one zone (index, ~500)", ListOptions { limit: 1000, ..ListOptions::by("zone", "zone-level7") }),
+        (
+            "systems, search `room 0999`",
+            ListOptions {
+                search: Some("room 0999".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "systems in one zone (index, ~500)",
+            ListOptions {
+                limit: 1000,
+                ..ListOptions::by("zone", "zone-level7")
+            },
+        ),
     ];
     for (name, opts) in cases {
         let (p50, p99) = time_list(20, || {
             let opts = opts.clone();
-            async move { store.list::<ControlSystem>(tenant, opts).await.unwrap().items.len() }
+            async move {
+                store
+                    .list::<ControlSystem>(tenant, opts)
+                    .await
+                    .unwrap()
+                    .items
+                    .len()
+            }
         })
         .await;
         println!("  {name}: {p50:.2} / {p99:.2}");
@@ -178,12 +218,24 @@ async fn main() {
     let sys = systems[systems.len() / 2].clone();
     let (p50, p99) = time_list(50, || {
         let sys = sys.clone();
-        async move { store.list::<Module>(tenant, ListOptions::by("system", &sys)).await.unwrap().items.len() }
+        async move {
+            store
+                .list::<Module>(tenant, ListOptions::by("system", &sys))
+                .await
+                .unwrap()
+                .items
+                .len()
+        }
     })
     .await;
     println!("  modules of one system (index, 10): {p50:.3} / {p99:.3}");
     let (p50, p99) = time_list(20, || async {
-        store.list::<Module>(tenant, ListOptions::default()).await.unwrap().items.len()
+        store
+            .list::<Module>(tenant, ListOptions::default())
+            .await
+            .unwrap()
+            .items
+            .len()
     })
     .await;
     println!(

@@ -204,6 +204,12 @@ fn verify(bytes: &[u8]) -> Result<Verified, RestoreError> {
         }
         None => return Err(RestoreError::Format("empty file".into())),
     };
+    if header.schema > SCHEMA_VERSION {
+        return Err(RestoreError::Format(format!(
+            "the backup was taken by a newer Lintel (schema {}; this one reads up to {SCHEMA_VERSION})",
+            header.schema
+        )));
+    }
     if header.format != FORMAT || header.format_version > FORMAT_VERSION {
         return Err(RestoreError::Format(format!(
             "format `{}` version {}",

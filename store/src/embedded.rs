@@ -19,7 +19,7 @@ use crate::{
     Change, Doc, MAX_PAGE, Page, Query, Result, Store, StoreError, Write, change_for, check_blob,
     check_size,
 };
-use lintel_model::IdKind;
+use lintel_model::{IdKind, SCHEMA_VERSION};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,8 @@ const CHANGE_FEED_CAPACITY: usize = 4096;
 const MAGIC: &[u8; 2] = b"L2";
 const INDEX: TableDefinition<'static, &'static str, ()> = TableDefinition::new("index");
 const BLOB: TableDefinition<'static, &'static str, &'static [u8]> = TableDefinition::new("blob");
+/// `schema` → the schema version every document in the file has been migrated to.
+const META: TableDefinition<'static, &'static str, u64> = TableDefinition::new("meta");
 
 fn table(kind: IdKind) -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new(kind.name())
@@ -170,7 +172,7 @@ impl EmbeddedStore {
             },
             other => backend(format!("cannot open {}: {other}", path.display())),
         })?;
-        let migrated = upgrade_schema_1(&db)?;
+        let migrated = upgrade(&db)?;
         if migrated > 0 {
             tracing::info!(documents = migrated, "migrated schema-1 documents");
         }
@@ -198,42 +200,81 @@ impl EmbeddedStore {
     }
 }
 
-/// Create missing tables and rewrite schema-1 values (no magic header) at the current
-/// schema, in one transaction. Returns how many documents were rewritten.
-fn upgrade_schema_1(db: &Database) -> Result<usize> {
+/// Create missing tables and, unless the file says it is already at the current schema,
+/// rewrite older documents at the current schema (schema-1 values have no header: an
+/// 8-byte version and the JSON body), in one transaction. Refuses a file written by a
+/// newer Lintel. Returns how many documents were rewritten.
+fn upgrade(db: &Database) -> Result<usize> {
     let txn = db.begin_write().map_err(backend)?;
-    let mut rewritten = 0;
     txn.open_table(INDEX).map_err(backend)?;
     txn.open_table(BLOB).map_err(backend)?;
+    let stored = txn
+        .open_table(META)
+        .map_err(backend)?
+        .get("schema")
+        .map_err(backend)?
+        .map(|v| v.value());
+    match stored {
+        Some(s) if s == u64::from(SCHEMA_VERSION) => {
+            txn.commit().map_err(backend)?;
+            return Ok(0);
+        }
+        Some(s) if s > u64::from(SCHEMA_VERSION) => {
+            return Err(StoreError::NewerData {
+                found: s,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        _ => {}
+    }
+    let mut rewritten = 0;
     for kind in IdKind::ALL {
-        let old: Vec<(String, Vec<u8>)> = {
+        let old: Vec<Doc> = {
             let t = txn.open_table(table(kind)).map_err(backend)?;
             let mut old = Vec::new();
             for entry in t.iter().map_err(backend)? {
                 let (k, v) = entry.map_err(backend)?;
-                if !v.value().starts_with(MAGIC) {
-                    old.push((k.value().to_string(), v.value().to_vec()));
+                let (tenant, id) = split_key(kind, k.value())?;
+                let raw = v.value();
+                if raw.starts_with(MAGIC) {
+                    let doc = decode_value(kind, tenant, id, raw)?;
+                    if doc.schema > SCHEMA_VERSION {
+                        return Err(StoreError::NewerData {
+                            found: doc.schema.into(),
+                            supported: SCHEMA_VERSION,
+                        });
+                    }
+                    if doc.schema < SCHEMA_VERSION {
+                        old.push(doc);
+                    }
+                    continue;
                 }
+                if raw.len() < 8 {
+                    return Err(corrupt(kind, id, "schema-1 value shorter than its header"));
+                }
+                let (v, body) = raw.split_at(8);
+                old.push(Doc {
+                    kind,
+                    tenant_id: tenant.into(),
+                    id: id.into(),
+                    version: u64::from_be_bytes(v.try_into().expect("8 bytes")),
+                    schema: 1,
+                    deleted_at: None,
+                    index: Vec::new(),
+                    search: String::new(),
+                    body: serde_json::from_slice(body)
+                        .map_err(|e| corrupt(kind, id, e.to_string()))?,
+                });
             }
             old
         };
-        for (k, raw) in old {
-            let (tenant, id) = split_key(kind, &k)?;
-            if raw.len() < 8 {
-                return Err(corrupt(kind, id, "schema-1 value shorter than its header"));
+        for doc in old {
+            let mut ix = txn.open_table(INDEX).map_err(backend)?;
+            for e in &doc.index {
+                ix.remove(index_key(doc.kind, &doc.tenant_id, e, &doc.id).as_str())
+                    .map_err(backend)?;
             }
-            let (v, body) = raw.split_at(8);
-            let doc = Doc {
-                kind,
-                tenant_id: tenant.into(),
-                id: id.into(),
-                version: u64::from_be_bytes(v.try_into().expect("8 bytes")),
-                schema: 1,
-                deleted_at: None,
-                index: Vec::new(),
-                search: String::new(),
-                body: serde_json::from_slice(body).map_err(|e| corrupt(kind, id, e.to_string()))?,
-            };
+            drop(ix);
             for d in migrate_doc(doc)? {
                 let mut t = txn.open_table(table(d.kind)).map_err(backend)?;
                 t.insert(
@@ -250,6 +291,10 @@ fn upgrade_schema_1(db: &Database) -> Result<usize> {
             }
         }
     }
+    txn.open_table(META)
+        .map_err(backend)?
+        .insert("schema", u64::from(SCHEMA_VERSION))
+        .map_err(backend)?;
     txn.commit().map_err(backend)?;
     Ok(rewritten)
 }

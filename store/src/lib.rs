@@ -195,6 +195,10 @@ pub enum StoreError {
     },
     #[error("{kind} `{id}` is live: delete it before purging it")]
     NotDeleted { kind: IdKind, id: String },
+    #[error(
+        "the store was written by a newer Lintel (schema {found}; this one reads up to {supported}): upgrade Lintel, or restore a backup taken by this version"
+    )]
+    NewerData { found: u64, supported: u32 },
     #[error("the data directory {path} is in use by another Lintel process")]
     Locked { path: String },
     #[error("stored {kind} `{id}` is unreadable: {reason}")]

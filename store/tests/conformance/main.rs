@@ -89,3 +89,22 @@ async fn embedded_second_opener_is_refused() {
 async fn embedded_schema_1_data_dir_is_migrated() {
     cases::schema_1_fixture_is_migrated().await;
 }
+
+/// Embedded-only: a data directory written by a newer Lintel is refused with a clear
+/// error, not misread.
+#[tokio::test]
+async fn embedded_newer_data_is_refused() {
+    let fx = EmbeddedFixture::new();
+    drop(fx.open().await);
+    {
+        let db = redb::Database::open(fx.dir().join("lintel.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
+        txn.open_table(meta).unwrap().insert("schema", 99).unwrap();
+        txn.commit().unwrap();
+    }
+    let err = lintel_store::EmbeddedStore::open(fx.dir())
+        .err()
+        .expect("newer data must be refused");
+    assert!(err.to_string().contains("newer Lintel (schema 99"), "{err}");
+}
