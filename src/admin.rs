@@ -1,8 +1,9 @@
-//! The local admin socket: `<data_dir>/lintel.sock`, mode 0600.
+//! The local admin socket: `<data_dir>/admin/lintel.sock`, in a 0700 directory.
 //!
 //! While `lintel serve` holds the embedded store (one process only), `lintel backup`
 //! asks the server for the snapshot through this socket instead of opening the store.
-//! Access is the file permission: only the user Lintel runs as (or root) can connect.
+//! Access: the directory admits only the user Lintel runs as (and root), and the server
+//! also checks the connecting process's uid (`SO_PEERCRED`).
 //!
 //! Protocol: the client sends one line (`backup`); the server answers `ok\n` followed by
 //! the backup, or `error: <reason>\n`.
@@ -14,12 +15,15 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
+const SOCKET_DIR: &str = "admin";
 const SOCKET: &str = "lintel.sock";
+/// How long `lintel backup` waits for the server's snapshot.
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(600);
 const MAX_REQUEST: u64 = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(SOCKET)
+    data_dir.join(SOCKET_DIR).join(SOCKET)
 }
 
 /// Listen on the admin socket until the returned task is aborted.
@@ -27,7 +31,15 @@ pub fn listen(
     data_dir: &Path,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let dir = data_dir.join(SOCKET_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    // An existing directory keeps its mode: make sure it is ours alone before binding.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let owner = std::fs::metadata(&dir)?.uid();
     let path = socket_path(data_dir);
     // A socket file left by a process that died; the store lock already proved that no
     // other Lintel serves this data directory.
@@ -35,7 +47,6 @@ pub fn listen(
         std::fs::remove_file(&path)?;
     }
     let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(tokio::spawn(async move {
         loop {
             let (conn, _) = match listener.accept().await {
@@ -46,6 +57,20 @@ pub fn listen(
                     continue;
                 }
             };
+            match conn.peer_cred() {
+                Ok(cred) if cred.uid() == owner || cred.uid() == 0 => {}
+                Ok(cred) => {
+                    tracing::warn!(
+                        uid = cred.uid(),
+                        "admin socket: connection from another user refused"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin socket: cannot identify the peer; refused");
+                    continue;
+                }
+            }
             let store = store.clone();
             tokio::spawn(async move {
                 if let Err(e) = handle(conn, store).await {
@@ -101,7 +126,9 @@ pub async fn request_backup(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
     })?;
     conn.write_all(b"backup\n").await?;
     let mut reply = Vec::new();
-    conn.read_to_end(&mut reply).await?;
+    tokio::time::timeout(BACKUP_TIMEOUT, conn.read_to_end(&mut reply))
+        .await
+        .map_err(|_| anyhow::anyhow!("the server sent no backup within {BACKUP_TIMEOUT:?}"))??;
     match reply.strip_prefix(b"ok\n") {
         Some(bytes) => Ok(bytes.to_vec()),
         None => {

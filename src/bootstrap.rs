@@ -35,12 +35,16 @@ pub async fn first_run(
     engine: &Engine,
     passwords: &PasswordHasher,
 ) -> anyhow::Result<Option<FirstRun>> {
-    let any = ListOptions {
-        limit: 1,
-        ..Default::default()
-    };
-    if store.list_scoped::<Tenant>(None, any).await?.total > 0 {
-        return Ok(None);
+    // Any tenant, soft-deleted ones included: an installation is set up only once.
+    for deleted in [false, true] {
+        let any = ListOptions {
+            limit: 1,
+            deleted,
+            ..Default::default()
+        };
+        if store.list_scoped::<Tenant>(None, any).await?.total > 0 {
+            return Ok(None);
+        }
     }
     let now = now_unix();
     let tenant = Tenant {
@@ -66,10 +70,14 @@ pub async fn first_run(
         updated_at: now,
         ..Default::default()
     };
-    let mut records: Vec<Box<dyn ErasedRecord>> = vec![Box::new(tenant.clone()), Box::new(admin)];
+    let mut records: Vec<Box<dyn ErasedRecord>> = vec![Box::new(admin)];
     if cfg.bootstrap.demo {
         records.extend(demo_building(&tenant.id, engine).await?);
     }
+    // The tenant goes last: it marks the set-up as done. The embedded store commits the
+    // batch atomically anyway; on Couchbase (one document at a time) a failure part-way
+    // leaves no tenant, so the next start runs the set-up again.
+    records.push(Box::new(tenant.clone()));
     store.create_all(&Actor::system(), records).await?;
     Ok(Some(FirstRun {
         tenant,

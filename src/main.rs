@@ -44,6 +44,18 @@ enum Command {
     },
 }
 
+/// A multi-threaded runtime (`workers` threads, default one per core).
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime, ExitCode> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 /// Run a one-shot store command on a small runtime; prints its outcome.
 fn run_store_command<F>(cli: &Cli, what: &str, f: F) -> ExitCode
 where
@@ -53,16 +65,9 @@ where
         Ok(c) => c,
         Err(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(Some(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(f(cfg)) {
         Ok(s) => {
@@ -136,15 +141,9 @@ fn main() -> ExitCode {
                         None
                     }
                 };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let rt = match runtime(None) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match rt.block_on(serve::serve(cfg, metrics)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -16,8 +16,15 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 /// `lintel backup --out FILE`: a consistent snapshot, also while Lintel serves. The file
-/// appears only once it is complete and verified.
+/// appears only once it is complete and verified, readable by its owner only (it holds
+/// password hashes and sealed secrets).
 pub async fn backup(cfg: &Config, out: &Path) -> anyhow::Result<lintel_store::BackupSummary> {
+    if cfg.store.backend == StoreBackend::Embedded && !EmbeddedStore::exists(&cfg.data_dir) {
+        anyhow::bail!(
+            "no Lintel store in {} (check data_dir)",
+            cfg.data_dir.display()
+        );
+    }
     let bytes = match open(cfg).await {
         Ok(store) => {
             let mut bytes = Vec::new();
@@ -30,13 +37,43 @@ pub async fn backup(cfg: &Config, out: &Path) -> anyhow::Result<lintel_store::Ba
         Err(e) => return Err(e.context("cannot open the store")),
     };
     let summary = lintel_store::check_backup(&bytes).context("the backup failed its own check")?;
-    let partial = out.with_extension("partial");
-    let mut f = std::fs::File::create(&partial)
-        .with_context(|| format!("cannot create {}", partial.display()))?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&partial, out).with_context(|| format!("cannot write {}", out.display()))?;
+    write_private(out, &bytes)?;
     Ok(summary)
+}
+
+/// Write `bytes` to `path` atomically (a temporary file in the same directory, fsynced,
+/// renamed, the directory fsynced), mode 0600. Nothing is left behind on failure.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file name", path.display()))?;
+    let mut partial_name = std::ffi::OsString::from(".");
+    partial_name.push(name);
+    partial_name.push(format!(".{}.partial", std::process::id()));
+    let partial = dir.join(partial_name);
+    let result = (|| -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&partial)
+            .with_context(|| format!("cannot create {}", partial.display()))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&partial, path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::File::open(&dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
 }
 
 /// `lintel restore FILE`: into an empty store only; a damaged file writes nothing.

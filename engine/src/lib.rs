@@ -65,11 +65,35 @@ impl EngineConfig {
 
 struct RunningModule {
     tenant_id: String,
+    /// The stored config it was started from (see [`ModuleConfig::fingerprint`]).
+    fingerprint: String,
     info: Arc<DriverInfo>,
     events: flume::Sender<Event>,
     cancel: CancellationToken,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     last_error: Arc<Mutex<Option<String>>>,
+}
+
+/// What a module is started from: its record, its driver, its settings records (in
+/// creation order, so later ones win).
+struct ModuleConfig {
+    module: Module,
+    driver: DriverRecord,
+    settings: Vec<Settings>,
+}
+
+impl ModuleConfig {
+    /// Versions of everything the module was started from: equal fingerprints, same config.
+    fn fingerprint(&self) -> String {
+        let mut f = format!(
+            "{}@{}/{}@{}",
+            self.module.id, self.module.version, self.driver.id, self.driver.version
+        );
+        for s in &self.settings {
+            f.push_str(&format!("/{}@{}", s.id, s.version));
+        }
+        f
+    }
 }
 
 /// The engine. Cheap to share behind an `Arc`.
@@ -272,6 +296,25 @@ impl Engine {
             .collect())
     }
 
+    async fn module_config(&self, tenant_id: &str, module_id: &str) -> Result<ModuleConfig> {
+        let module: Module = self
+            .store
+            .get(tenant_id, module_id)
+            .await?
+            .ok_or_else(|| EngineError::ModuleNotFound(module_id.to_string()))?;
+        let driver: DriverRecord = self.store.require(tenant_id, &module.driver_id).await?;
+        let mut settings = self
+            .store
+            .list_all::<Settings>(tenant_id, ListOptions::by("parent", &module.id))
+            .await?;
+        settings.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(ModuleConfig {
+            module,
+            driver,
+            settings,
+        })
+    }
+
     /// Make one module match its stored config: (re)start it or stop it.
     async fn sync_module(&self, tenant_id: &str, module_id: &str) {
         match self.store.get::<Module>(tenant_id, module_id).await {
@@ -327,6 +370,15 @@ impl Engine {
             self.stop_module(&id).await;
         }
         for (tenant, id) in &wanted {
+            // Only what changed: a lagging feed must not restart every module.
+            let current = self.modules.read().get(id).map(|m| m.fingerprint.clone());
+            if let Some(current) = current
+                && let Ok(cfg) = self.module_config(tenant, id).await
+                && cfg.module.running
+                && cfg.fingerprint() == current
+            {
+                continue;
+            }
             self.sync_module(tenant, id).await;
         }
     }
@@ -341,12 +393,13 @@ impl Engine {
 
     /// Start (or restart) one module from its stored config.
     pub async fn start_module(&self, tenant_id: &str, module_id: &str) -> Result<()> {
-        let module: Module = self
-            .store
-            .get(tenant_id, module_id)
-            .await?
-            .ok_or_else(|| EngineError::ModuleNotFound(module_id.to_string()))?;
-        let driver: DriverRecord = self.store.require(tenant_id, &module.driver_id).await?;
+        let cfg = self.module_config(tenant_id, module_id).await?;
+        let fingerprint = cfg.fingerprint();
+        let ModuleConfig {
+            module,
+            driver,
+            settings: module_settings,
+        } = cfg;
         self.stop_module(module_id).await;
 
         let (component, info) = self
@@ -357,11 +410,7 @@ impl Engine {
         // Settings, nearest wins: component defaults < driver record < module.
         let mut settings = info.default_settings.clone();
         merge(&mut settings, &driver.default_settings);
-        for s in self
-            .store
-            .list_all::<Settings>(tenant_id, ListOptions::by("parent", &module.id))
-            .await?
-        {
+        for s in &module_settings {
             match &s.body {
                 SettingsBody::Plain(v) => merge(&mut settings, v),
                 SettingsBody::Sealed(_) => {
@@ -425,6 +474,7 @@ impl Engine {
             module.id.clone(),
             Arc::new(RunningModule {
                 tenant_id: tenant_id.to_string(),
+                fingerprint,
                 info,
                 events: events_tx,
                 cancel,

@@ -268,6 +268,23 @@ fn verify(bytes: &[u8]) -> Result<Verified, RestoreError> {
             Line::End(_) => return Err(corrupted(n + 1, "end marker before the end".into())),
         }
     }
+    // Everything the write would refuse is refused here, before anything is written.
+    let mut keys = std::collections::HashSet::new();
+    for d in &out.docs {
+        if !keys.insert((d.kind, d.tenant_id.as_str(), d.id.as_str())) {
+            return Err(RestoreError::Corrupted(format!(
+                "{} `{}` appears twice",
+                d.kind, d.id
+            )));
+        }
+        let size = serde_json::to_vec(&d.body)
+            .map(|b| b.len())
+            .unwrap_or(usize::MAX);
+        crate::check_size(d, size).map_err(|e| RestoreError::Corrupted(e.to_string()))?;
+    }
+    for (_, hash, bytes) in &out.blobs {
+        crate::check_blob(hash, bytes.len()).map_err(|e| RestoreError::Corrupted(e.to_string()))?;
+    }
     if doc_lines != end.docs || out.blobs.len() as u64 != end.blobs {
         return Err(RestoreError::Corrupted(format!(
             "the end marker counts {} records and {} blobs, the file holds {} and {}",

@@ -42,6 +42,7 @@ use lintel_model::IdKind;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -168,7 +169,9 @@ fn classify(e: &CbError) -> Attempt {
         | ErrorKind::RateLimitedFailure
         | ErrorKind::ServiceNotAvailable(_)
         // Just after a collection is created, nodes learn of it one by one.
-        | ErrorKind::CollectionNotFound => Attempt::Transient(e.to_string()),
+        | ErrorKind::CollectionNotFound
+        // Where the SDK reports dropped connections and other I/O trouble.
+        | ErrorKind::OtherFailure(_) => Attempt::Transient(e.to_string()),
         ErrorKind::AuthenticationFailure => Attempt::Final(StoreError::Backend(
             "Couchbase refused the credentials".into(),
         )),
@@ -180,12 +183,17 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+/// Writes to one key are serialised through one of these (by key hash), from the write
+/// until its change is published, so the feed carries each key's changes in order.
+const KEY_LOCKS: usize = 64;
+
 pub struct CouchbaseStore {
     cfg: CouchbaseConfig,
     cluster: Cluster,
     bucket: Bucket,
     scope: Scope,
     changes: broadcast::Sender<Change>,
+    key_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 fn quote(name: &str) -> String {
@@ -231,6 +239,9 @@ impl CouchbaseStore {
             bucket,
             scope,
             changes,
+            key_locks: (0..KEY_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         };
         store.ping().await?;
         if store.cfg.create_layout {
@@ -385,13 +396,15 @@ impl CouchbaseStore {
             Write::Insert(doc) => {
                 let new = Stored::of(doc);
                 check_size(doc, serde_json::to_vec(&new.body).map_err(backend)?.len())?;
+                let attempts = AtomicU32::new(0);
                 self.call("insert", || async {
+                    let retry = attempts.fetch_add(1, Ordering::Relaxed) > 0;
                     match coll.insert(&key, &new, None).await {
                         Ok(_) => Ok(None),
                         Err(e) if *e.kind() == ErrorKind::DocumentExists => {
                             // Our own earlier attempt (timed out after it landed)?
                             match Self::fetch(&coll, &key).await? {
-                                Some((cur, _)) if cur == new => Ok(None),
+                                Some((cur, _)) if retry && cur == new => Ok(None),
                                 _ => Err(Attempt::Final(StoreError::AlreadyExists {
                                     kind,
                                     id: id.to_string(),
@@ -417,12 +430,15 @@ impl CouchbaseStore {
             } => {
                 let new = Stored::of(doc);
                 check_size(doc, serde_json::to_vec(&new.body).map_err(backend)?.len())?;
+                let attempts = AtomicU32::new(0);
                 self.call("replace", || async {
+                    let retry = attempts.fetch_add(1, Ordering::Relaxed) > 0;
                     let Some((cur, cas)) = Self::fetch(&coll, &key).await? else {
                         return Err(Attempt::Final(not_found()));
                     };
-                    if cur == new {
-                        return Ok(None); // already applied by an earlier attempt
+                    if retry && cur == new {
+                        // Landed in an earlier attempt whose answer was lost.
+                        return Ok(None);
                     }
                     if cur.version != *expected_version {
                         return Err(Attempt::Final(conflict(*expected_version, cur.version)));
@@ -495,10 +511,11 @@ pub fn index_ddl(kind: IdKind) -> [String; 2] {
 
 /// The `WHERE` clause and parameters of a listing.
 fn where_clause(q: &Query) -> Result<(String, Vec<(&'static str, Value)>)> {
+    // `IS [NOT] VALUED`: null and missing alike.
     let mut clauses = vec![if q.deleted {
-        "d.deleted_at IS NOT NULL".to_string()
+        "d.deleted_at IS VALUED".to_string()
     } else {
-        "d.deleted_at IS NULL".to_string()
+        "d.deleted_at IS NOT VALUED".to_string()
     }];
     let mut params: Vec<(&'static str, Value)> = Vec::new();
     match &q.tenant_id {
@@ -536,7 +553,12 @@ impl Store for CouchbaseStore {
     }
 
     async fn commit(&self, writes: Vec<Write>) -> Result<()> {
+        use std::hash::{Hash, Hasher};
         for w in &writes {
+            let (kind, tenant, id) = w.target();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (kind, tenant, id).hash(&mut h);
+            let _key = self.key_locks[h.finish() as usize % KEY_LOCKS].lock().await;
             let old = self.apply(w).await?;
             let _ = self.changes.send(change_for(w, old.as_ref()));
         }
@@ -564,9 +586,26 @@ impl Store for CouchbaseStore {
             let (t, i) = after
                 .split_once('/')
                 .ok_or_else(|| StoreError::BadQuery(format!("bad cursor `{after}`")))?;
-            page_filter.push_str(" AND [d.tenant_id, d.id] > [$after_tenant, $after_id]");
-            params.push(("after_tenant", Value::String(t.into())));
-            params.push(("after_id", Value::String(i.into())));
+            match q.tenant_id.as_deref() {
+                None => {
+                    page_filter.push_str(" AND [d.tenant_id, d.id] > [$after_tenant, $after_id]");
+                    params.push(("after_tenant", Value::String(t.into())));
+                    params.push(("after_id", Value::String(i.into())));
+                }
+                // Within a tenant the index on (tenant_id, id) serves `id > $after_id`.
+                Some(tenant) if t == tenant => {
+                    page_filter.push_str(" AND d.id > $after_id");
+                    params.push(("after_id", Value::String(i.into())));
+                }
+                Some(tenant) if t < tenant => {} // a cursor before this tenant: from the start
+                Some(_) => {
+                    return Ok(Page {
+                        docs: vec![],
+                        total,
+                        next: None,
+                    });
+                }
+            }
         }
         let statement = format!(
             "SELECT RAW d FROM {coll} AS d WHERE {page_filter} ORDER BY d.tenant_id, d.id LIMIT {} OFFSET {}",

@@ -62,13 +62,18 @@ fn corrupt(kind: IdKind, id: &str, reason: impl Into<String>) -> StoreError {
 fn encode_value(doc: &Doc) -> Result<Vec<u8>> {
     let body = serde_json::to_vec(&doc.body).map_err(backend)?;
     check_size(doc, body.len())?;
-    let index = doc.index.join("\n");
+    // Index entries, each length-prefixed (a value may hold any character).
+    let mut index = Vec::new();
+    for e in &doc.index {
+        index.extend_from_slice(&(e.len() as u32).to_be_bytes());
+        index.extend_from_slice(e.as_bytes());
+    }
     let mut v = Vec::with_capacity(34 + doc.search.len() + index.len() + body.len());
     v.extend_from_slice(MAGIC);
     v.extend_from_slice(&doc.version.to_be_bytes());
     v.extend_from_slice(&doc.schema.to_be_bytes());
     v.extend_from_slice(&doc.deleted_at.unwrap_or(i64::MIN).to_be_bytes());
-    for part in [doc.search.as_bytes(), index.as_bytes()] {
+    for part in [doc.search.as_bytes(), index.as_slice()] {
         v.extend_from_slice(&(part.len() as u32).to_be_bytes());
         v.extend_from_slice(part);
     }
@@ -82,7 +87,8 @@ struct Header<'a> {
     schema: u32,
     deleted_at: Option<i64>,
     search: &'a str,
-    index: &'a str,
+    /// Length-prefixed entries (see [`index_entries`]).
+    index: &'a [u8],
     body: &'a [u8],
 }
 
@@ -103,11 +109,13 @@ fn parse_header(raw: &[u8]) -> Option<Header<'_>> {
     let version = u64::from_be_bytes(take(&mut r, 8)?.try_into().ok()?);
     let schema = u32::from_be_bytes(take(&mut r, 4)?.try_into().ok()?);
     let deleted = i64::from_be_bytes(take(&mut r, 8)?.try_into().ok()?);
-    let mut text = || -> Option<&str> {
+    let mut part = || -> Option<&[u8]> {
         let n = u32::from_be_bytes(take(&mut r, 4)?.try_into().ok()?) as usize;
-        std::str::from_utf8(take(&mut r, n)?).ok()
+        take(&mut r, n)
     };
-    let (search, index) = (text()?, text()?);
+    let search = std::str::from_utf8(part()?).ok()?;
+    let index = part()?;
+    index_entries(index).try_for_each(|e| e.map(drop))?;
     Some(Header {
         version,
         schema,
@@ -122,12 +130,25 @@ fn header<'a>(kind: IdKind, id: &str, raw: &'a [u8]) -> Result<Header<'a>> {
     parse_header(raw).ok_or_else(|| corrupt(kind, id, "damaged value header"))
 }
 
-fn index_list(index: &str) -> Vec<String> {
-    if index.is_empty() {
-        Vec::new()
-    } else {
-        index.split('\n').map(String::from).collect()
-    }
+/// The entries of a header's index part (`None` items mark damage).
+fn index_entries(mut raw: &[u8]) -> impl Iterator<Item = Option<&str>> {
+    std::iter::from_fn(move || {
+        if raw.is_empty() {
+            return None;
+        }
+        let entry = (|| {
+            let n = u32::from_be_bytes(take(&mut raw, 4)?.try_into().ok()?) as usize;
+            std::str::from_utf8(take(&mut raw, n)?).ok()
+        })();
+        if entry.is_none() {
+            raw = &[]; // stop after reporting the damage once
+        }
+        Some(entry)
+    })
+}
+
+fn index_list(index: &[u8]) -> Vec<String> {
+    index_entries(index).flatten().map(String::from).collect()
 }
 
 fn decode_value(kind: IdKind, tenant_id: &str, id: &str, raw: &[u8]) -> Result<Doc> {
@@ -187,6 +208,11 @@ impl EmbeddedStore {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether `data_dir` holds a store (without opening or creating it).
+    pub fn exists(data_dir: &Path) -> bool {
+        data_dir.join(FILE_NAME).is_file()
     }
 
     async fn blocking<T: Send + 'static>(
@@ -368,11 +394,6 @@ fn apply(txn: &redb::WriteTransaction, w: &Write) -> Result<Option<Doc>> {
             t.insert(k.as_str(), encode_value(doc)?.as_slice())
                 .map_err(backend)?;
             for e in &doc.index {
-                if e.contains('\0') {
-                    return Err(StoreError::BadQuery(format!(
-                        "index entry of {kind} `{id}` contains NUL"
-                    )));
-                }
                 ix.insert(index_key(kind, tenant, e, id).as_str(), ())
                     .map_err(backend)?;
             }
@@ -422,7 +443,7 @@ impl<'q> Pager<'q> {
         }
         if let Some((name, value)) = &q.index {
             let want = crate::index_entry(name, value);
-            if !h.index.split('\n').any(|e| e == want) {
+            if !index_entries(h.index).any(|e| e == Some(want.as_str())) {
                 return Ok(());
             }
         }
@@ -476,6 +497,11 @@ fn run_query(db: &Database, q: &Query) -> Result<Page> {
             for entry in ix.range(prefix.as_str()..end.as_str()).map_err(backend)? {
                 let (k, _) = entry.map_err(backend)?;
                 let id = &k.value()[prefix.len()..];
+                if id.contains('\0') {
+                    // An entry that itself holds NUL and shares this prefix: not ours
+                    // (ids never contain NUL).
+                    continue;
+                }
                 let Some(raw) = t.get(key(tenant, id).as_str()).map_err(backend)? else {
                     return Err(corrupt(kind, id, "index entry without its record"));
                 };
@@ -629,7 +655,7 @@ mod tests {
             version: 7,
             schema: 2,
             deleted_at: Some(1_700_000_000),
-            index: vec!["tag=level".into(), "parent=zone-p".into()],
+            index: vec!["tag=level".into(), "name=Floor\nplan\0x".into()],
             search: "level 1".into(),
             body: serde_json::json!({"name": "Level 1"}),
         };

@@ -86,6 +86,35 @@ fn audit_write<R: Record>(
     Ok(Write::Insert(encode(&entry, None)?))
 }
 
+/// The writes of one audited change: replace the record (CAS on `expected`, the new
+/// version is `record.version()`) and record the audit entry.
+fn audited_replace<R: Record>(
+    actor: &Actor,
+    action: AuditAction,
+    record: &R,
+    before: Option<&R>,
+    deleted_at: Option<i64>,
+    expected: u64,
+) -> Result<Vec<Write>> {
+    let after = deleted_at.is_none().then_some(record);
+    let audit = audit_write(
+        actor,
+        action,
+        before,
+        after,
+        record.version(),
+        record.tenant_id(),
+        record.id(),
+    )?;
+    Ok(vec![
+        Write::Replace {
+            doc: encode(record, deleted_at)?,
+            expected_version: expected,
+        },
+        audit,
+    ])
+}
+
 fn page_of<R: Record>(page: crate::Page) -> Result<ListPage<R>> {
     Ok(ListPage {
         items: page.docs.iter().map(decode).collect::<Result<_>>()?,
@@ -133,10 +162,10 @@ pub trait StoreExt: Store {
             })
     }
 
-    /// A page of live records (or tombstones) of one tenant.
+    /// A page of live records (or tombstones) of one tenant. (For `Tenant` itself, that
+    /// is the tenant alone: listing every tenant is [`list_scoped`](Self::list_scoped).)
     async fn list<R: Record>(&self, tenant_id: &str, opts: ListOptions) -> Result<ListPage<R>> {
-        let scope = (R::KIND != IdKind::Tenant).then_some(tenant_id);
-        self.list_scoped(scope, opts).await
+        self.list_scoped(Some(tenant_id), opts).await
     }
 
     /// A page across tenants when `tenant_id` is `None` (tenants themselves, sysadmin
@@ -234,24 +263,15 @@ pub trait StoreExt: Store {
         record.set_version(expected + 1);
         record.set_created_at(before.created_at());
         record.set_updated_at(now_unix());
-        let doc = encode(&record, None)?;
-        let audit = audit_write(
+        let writes = audited_replace(
             actor,
             AuditAction::Updated,
+            &record,
             Some(&before),
-            Some(&record),
-            expected + 1,
-            record.tenant_id(),
-            record.id(),
+            None,
+            expected,
         )?;
-        self.commit(vec![
-            Write::Replace {
-                doc,
-                expected_version: expected,
-            },
-            audit,
-        ])
-        .await?;
+        self.commit(writes).await?;
         Ok(record)
     }
 
@@ -268,25 +288,17 @@ pub trait StoreExt: Store {
         let mut record: R = self.require(tenant_id, id).await?;
         let current = record.version();
         let expected = expected_version.unwrap_or(current);
+        let before = record.clone();
         record.set_version(expected + 1);
-        let doc = encode(&record, Some(now_unix()))?;
-        let audit = audit_write(
+        let writes = audited_replace(
             actor,
             AuditAction::Deleted,
-            Some(&record),
-            None::<&R>,
-            expected + 1,
-            tenant_id,
-            id,
+            &record,
+            Some(&before),
+            Some(now_unix()),
+            expected,
         )?;
-        self.commit(vec![
-            Write::Replace {
-                doc,
-                expected_version: expected,
-            },
-            audit,
-        ])
-        .await
+        self.commit(writes).await
     }
 
     /// Bring back a soft-deleted record (until it is purged).
@@ -305,24 +317,8 @@ pub trait StoreExt: Store {
         let expected = record.version();
         record.set_version(expected + 1);
         record.set_updated_at(now_unix());
-        let doc = encode(&record, None)?;
-        let audit = audit_write(
-            actor,
-            AuditAction::Restored,
-            None,
-            Some(&record),
-            expected + 1,
-            tenant_id,
-            id,
-        )?;
-        self.commit(vec![
-            Write::Replace {
-                doc,
-                expected_version: expected,
-            },
-            audit,
-        ])
-        .await?;
+        let writes = audited_replace(actor, AuditAction::Restored, &record, None, None, expected)?;
+        self.commit(writes).await?;
         Ok(record)
     }
 

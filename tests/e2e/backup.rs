@@ -34,7 +34,36 @@ fn backup_while_serving_then_restore_into_an_empty_data_dir() {
     let (ok, stdout, stderr) = run(backup);
     assert!(ok, "backup failed: {stdout} {stderr}");
     assert!(stdout.contains("backup written"), "{stdout}");
-    assert!(!dir.path().join("lintel.partial").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "backups hold hashes and sealed secrets"
+        );
+        let sock_dir = std::fs::metadata(data_a.join("admin"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(sock_dir & 0o777, 0o700);
+    }
+    // A backup of a directory with no store is an error, not an empty backup.
+    let mut none = command(&dir.path().join("nothing-here"));
+    none.args(["backup", "--out"])
+        .arg(dir.path().join("empty.backup"));
+    let (ok, _, stderr) = run(none);
+    assert!(!ok && stderr.contains("no Lintel store"), "{stderr}");
+    assert!(
+        !dir.path().join("nothing-here").exists(),
+        "backup must not create a store"
+    );
     // The server carried on serving.
     assert_eq!(a.get(&token_a, "/api/engine/v2/systems").status(), 200);
     let bytes = std::fs::read(&file).unwrap();
