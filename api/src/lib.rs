@@ -85,6 +85,10 @@ pub fn serve(listener: TcpListener, cfg: &HttpConfig, state: AppState) -> std::i
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(max_body))
+            // A malformed query string gets the one error format, naming the parameter.
+            .app_data(web::QueryConfig::default().error_handler(|e, _| {
+                ApiError::BadRequest(format!("bad query string: {e}")).into()
+            }))
             .wrap(from_fn(observe))
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))

@@ -5,6 +5,7 @@ use lintel_model::{ControlSystem, Tenant, User};
 use lintel_store::{ListOptions, StoreExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -195,32 +196,51 @@ async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -
     }
 }
 
-/// PlaceOS list parameters (`?q=&limit=&offset=&zone_id=`); `after` is Lintel's stable
-/// cursor (from the `X-Next-Cursor` header).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListParams {
-    q: Option<String>,
-    limit: Option<usize>,
-    offset: Option<usize>,
-    after: Option<String>,
-    zone_id: Option<String>,
+/// One query-string parameter, parsed; a bad value is a 400 naming it.
+fn param<T: std::str::FromStr>(
+    params: &HashMap<String, String>,
+    name: &str,
+    expected: &str,
+) -> Result<Option<T>> {
+    match params.get(name) {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            let shown: String = v.chars().take(40).collect();
+            ApiError::BadRequest(format!("`{name}` must be {expected}, got `{shown}`"))
+        }),
+    }
 }
 
+/// PlaceOS list parameters (`?q=&limit=&offset=`) plus `after`, Lintel's stable cursor
+/// (from the `X-Next-Cursor` header). Other parameters (e.g. `bearer_token`) are
+/// ignored, as PlaceOS does.
+fn list_options(params: &HashMap<String, String>) -> Result<ListOptions> {
+    let limit: usize = param(params, "limit", "a whole number")?.unwrap_or(100);
+    if !(1..=lintel_store::MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "`limit` must be 1–{}",
+            lintel_store::MAX_PAGE
+        )));
+    }
+    Ok(ListOptions {
+        search: params.get("q").filter(|q| !q.is_empty()).cloned(),
+        after: params.get("after").cloned(),
+        offset: param(params, "offset", "a whole number")?.unwrap_or(0),
+        limit,
+        ..Default::default()
+    })
+}
+
+/// `GET /systems` (`?zone_id=` too): `X-Total-Count`, and `X-Next-Cursor` while more remain.
 async fn list_systems(
     state: web::Data<AppState>,
     Authenticated(p): Authenticated,
-    params: web::Query<ListParams>,
+    params: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse> {
-    let params = params.into_inner();
-    let opts = ListOptions {
-        index: params.zone_id.map(|z| ("zone".to_string(), z)),
-        search: params.q.filter(|q| !q.is_empty()),
-        after: params.after,
-        offset: params.offset.unwrap_or(0),
-        limit: params.limit.unwrap_or(100),
-        ..Default::default()
-    };
+    let mut opts = list_options(&params)?;
+    opts.index = params
+        .get("zone_id")
+        .map(|z| ("zone".to_string(), z.clone()));
     let page = state
         .store
         .list::<ControlSystem>(&p.tenant_id, opts)

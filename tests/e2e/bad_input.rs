@@ -180,6 +180,37 @@ fn the_api_refuses_bad_credentials_and_bad_requests_clearly() {
     );
 
     let token = l.token(PASSWORD);
+    // Listing parameters: bad ones get the one error format; paging and search work.
+    for (query, complaint) in [
+        ("limit=abc", "limit"),
+        ("offset=-1", "offset"),
+        ("limit=20000", "limit"),
+    ] {
+        let r = l.get(&token, &format!("/api/engine/v2/systems?{query}"));
+        assert_eq!(r.status(), 400, "{query}");
+        let body: Value = r.json().unwrap();
+        assert_eq!(body["error"], "bad_request", "{query}");
+        assert!(
+            body["message"].as_str().unwrap().contains(complaint),
+            "{query}: {body}"
+        );
+    }
+    let r = l.get(&token, "/api/engine/v2/systems?limit=1");
+    assert_eq!(r.headers()["x-total-count"], "2");
+    let next = r.headers()["x-next-cursor"].to_str().unwrap().to_string();
+    let first: Vec<Value> = r.json().unwrap();
+    let r = l.get(
+        &token,
+        &format!("/api/engine/v2/systems?limit=1&after={next}"),
+    );
+    assert!(
+        r.headers().get("x-next-cursor").is_none(),
+        "two rooms, two pages"
+    );
+    let second: Vec<Value> = r.json().unwrap();
+    assert_ne!(first[0]["id"], second[0]["id"]);
+    let r = l.get(&token, "/api/engine/v2/systems?q=NO-SUCH-ROOM");
+    assert_eq!(r.headers()["x-total-count"], "0");
     let systems: Vec<Value> = l.get(&token, "/api/engine/v2/systems").json().unwrap();
     let sys = systems[0]["id"].as_str().unwrap();
     let exec = |path: &str, body: &str| {
