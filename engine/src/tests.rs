@@ -126,6 +126,29 @@ async fn fixture(display_uri: &str) -> Fixture {
     }
 }
 
+/// The fixture with its display at `sim://display` and both demo simulators registered.
+async fn demo_fixture() -> Fixture {
+    let f = fixture("sim://display").await;
+    f.engine
+        .register_endpoint("display", display_endpoint(DisplaySimulator::default()));
+    f.engine
+        .register_endpoint("occ", occupancy_endpoint(OccupancySimulator::new(None)));
+    f
+}
+
+/// Add a module of the misbehaving fixture driver to the fixture's room.
+async fn add_misbehaving(f: &Fixture) -> Module {
+    add_module(
+        &f.engine,
+        &f.tenant,
+        &f.system,
+        lintel_bundled_drivers::fixtures::MISBEHAVE.component,
+        None,
+        json!({}),
+    )
+    .await
+}
+
 async fn wait_for(engine: &Engine, tenant: &str, module: &str, key: &str, want: Value) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -342,21 +365,9 @@ fn the_abi_constant_matches_the_sdk_wit_package() {
 /// stopped, reported, its state cleared and restarted with backoff; other modules go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misbehaving_driver_is_contained_reported_and_restarted() {
-    let f = fixture("sim://display").await;
-    f.engine
-        .register_endpoint("display", display_endpoint(DisplaySimulator::default()));
-    f.engine
-        .register_endpoint("occ", occupancy_endpoint(OccupancySimulator::new(None)));
+    let f = demo_fixture().await;
     // Add a module of the misbehaving fixture to the room.
-    let bad = add_module(
-        &f.engine,
-        &f.tenant,
-        &f.system,
-        lintel_bundled_drivers::fixtures::MISBEHAVE.component,
-        None,
-        json!({}),
-    )
-    .await;
+    let bad = add_misbehaving(&f).await;
     f.engine.start_all().await.unwrap();
     let d = f
         .engine
@@ -442,11 +453,7 @@ async fn a_misbehaving_driver_is_contained_reported_and_restarted() {
 /// stops it, restoring starts it again, and a settings change restarts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_changes_start_and_stop_modules() {
-    let f = fixture("sim://display").await;
-    f.engine
-        .register_endpoint("display", display_endpoint(DisplaySimulator::default()));
-    f.engine
-        .register_endpoint("occ", occupancy_endpoint(OccupancySimulator::new(None)));
+    let f = demo_fixture().await;
     let feed = f.engine.store.changes();
     f.engine.start_all().await.unwrap();
     let engine = Arc::new(f.engine);
@@ -546,23 +553,11 @@ async fn config_changes_start_and_stop_modules() {
 /// whose stored config changed (a busy store must not restart every module).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_restarts_only_changed_modules() {
-    let f = fixture("sim://display").await;
-    f.engine
-        .register_endpoint("display", display_endpoint(DisplaySimulator::default()));
-    f.engine
-        .register_endpoint("occ", occupancy_endpoint(OccupancySimulator::new(None)));
+    let f = demo_fixture().await;
     let (a, b) = {
         let mut ids = Vec::new();
         for _ in 0..2 {
-            let m = add_module(
-                &f.engine,
-                &f.tenant,
-                &f.system,
-                lintel_bundled_drivers::fixtures::MISBEHAVE.component,
-                None,
-                json!({}),
-            )
-            .await;
+            let m = add_misbehaving(&f).await;
             ids.push(m.id);
         }
         (ids[0].clone(), ids[1].clone())

@@ -196,12 +196,21 @@ pub trait StoreExt: Store {
         page_of(page)
     }
 
-    /// Every live record matching `opts` (all pages).
-    async fn list_all<R: Record>(&self, tenant_id: &str, mut opts: ListOptions) -> Result<Vec<R>> {
+    /// Every live record of one tenant matching `opts` (all pages).
+    async fn list_all<R: Record>(&self, tenant_id: &str, opts: ListOptions) -> Result<Vec<R>> {
+        self.list_all_scoped(Some(tenant_id), opts).await
+    }
+
+    /// Every record matching `opts` (all pages), across tenants when `tenant_id` is `None`.
+    async fn list_all_scoped<R: Record>(
+        &self,
+        tenant_id: Option<&str>,
+        mut opts: ListOptions,
+    ) -> Result<Vec<R>> {
         opts.limit = MAX_PAGE;
         let mut out = Vec::new();
         loop {
-            let page = self.list::<R>(tenant_id, opts.clone()).await?;
+            let page = self.list_scoped::<R>(tenant_id, opts.clone()).await?;
             out.extend(page.items);
             match page.next {
                 Some(next) => opts.after = Some(next),
@@ -212,19 +221,7 @@ pub trait StoreExt: Store {
 
     /// Every tenant.
     async fn tenants(&self) -> Result<Vec<lintel_model::Tenant>> {
-        let mut opts = ListOptions {
-            limit: MAX_PAGE,
-            ..Default::default()
-        };
-        let mut out = Vec::new();
-        loop {
-            let page = self.list_scoped(None, opts.clone()).await?;
-            out.extend(page.items);
-            match page.next {
-                Some(next) => opts.after = Some(next),
-                None => return Ok(out),
-            }
-        }
+        self.list_all_scoped(None, ListOptions::default()).await
     }
 
     /// Create one record (version 1); `AlreadyExists` if its id is taken.

@@ -72,6 +72,16 @@ fn driver(tenant_id: &str, component: &[u8]) -> DriverRecord {
     }
 }
 
+fn metadata(tenant_id: &str, parent_id: &str, name: &str) -> Metadata {
+    Metadata {
+        id: new_id(IdKind::Metadata),
+        tenant_id: tenant_id.into(),
+        parent_id: parent_id.into(),
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
 async fn new_tenant(s: &dyn Store) -> Tenant {
     s.create(&actor(), tenant()).await.unwrap()
 }
@@ -642,29 +652,11 @@ pub async fn secondary_indexes_and_search(fx: &dyn Fixture) {
     );
     // Index values may hold any character (names are index values).
     let odd = s
-        .create(
-            &actor(),
-            Metadata {
-                id: new_id(IdKind::Metadata),
-                tenant_id: t.id.clone(),
-                parent_id: boardroom.id.clone(),
-                name: "Floor\nplan".into(),
-                ..Default::default()
-            },
-        )
+        .create(&actor(), metadata(&t.id, &boardroom.id, "Floor\nplan"))
         .await
         .unwrap();
     let plain = s
-        .create(
-            &actor(),
-            Metadata {
-                id: new_id(IdKind::Metadata),
-                tenant_id: t.id.clone(),
-                parent_id: boardroom.id.clone(),
-                name: "Floor".into(),
-                ..Default::default()
-            },
-        )
+        .create(&actor(), metadata(&t.id, &boardroom.id, "Floor"))
         .await
         .unwrap();
     let named = |n: &str| ListOptions::by("name", n);
