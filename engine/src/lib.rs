@@ -174,18 +174,17 @@ impl Engine {
         };
         let hash = hash.to_string();
         tokio::task::spawn_blocking(move || {
-            let c = match fetched {
-                Some(bytes) => {
-                    let (installed, _) = rt.install(&bytes)?;
-                    if installed != hash {
-                        return Err(EngineError::Internal(format!(
-                            "stored driver component {hash} does not match its hash"
-                        )));
-                    }
-                    rt.component(&hash)?
+            if let Some(bytes) = fetched {
+                // `install` compiles, caches and inspects it: no second inspection.
+                let (installed, info) = rt.install(&bytes)?;
+                if installed != hash {
+                    return Err(EngineError::Internal(format!(
+                        "stored driver component {hash} does not match its hash"
+                    )));
                 }
-                None => rt.component(&hash)?,
-            };
+                return Ok((rt.component(&hash)?, info));
+            }
+            let c = rt.component(&hash)?;
             let info = rt.inspect(&c)?;
             Ok::<_, EngineError>((c, info))
         })
