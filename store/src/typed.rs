@@ -65,20 +65,34 @@ fn audit_write<R: Record>(
     tenant_id: &str,
     id: &str,
 ) -> Result<Write> {
+    let diff = lintel_model::diff(
+        before.map(Record::redacted).as_ref(),
+        after.map(Record::redacted).as_ref(),
+    );
+    audit_entry(actor, action, R::KIND, tenant_id, id, version, diff)
+}
+
+/// The audit entry of one change, as a write.
+fn audit_entry(
+    actor: &Actor,
+    action: AuditAction,
+    kind: IdKind,
+    tenant_id: &str,
+    id: &str,
+    version: u64,
+    diff: Value,
+) -> Result<Write> {
     let at = now_unix_ms();
     let entry = AuditEntry {
         id: new_time_ordered_id(IdKind::Audit, at),
         tenant_id: tenant_id.into(),
         at,
         actor: actor.as_str().into(),
-        record_kind: R::KIND.name().into(),
+        record_kind: kind.name().into(),
         record_id: id.into(),
         record_version: version,
         action,
-        diff: lintel_model::diff(
-            before.map(Record::redacted).as_ref(),
-            after.map(Record::redacted).as_ref(),
-        ),
+        diff,
         created_at: at / 1000,
         updated_at: at / 1000,
         version: 1,
@@ -375,22 +389,15 @@ pub async fn purge_expired<S: Store + ?Sized>(store: &S, cutoff: i64) -> Result<
 }
 
 fn purge_audit(doc: &Doc) -> Result<Write> {
-    let at = now_unix_ms();
-    let entry = AuditEntry {
-        id: new_time_ordered_id(IdKind::Audit, at),
-        tenant_id: doc.tenant_id.clone(),
-        at,
-        actor: Actor::system().0,
-        record_kind: doc.kind.name().into(),
-        record_id: doc.id.clone(),
-        record_version: doc.version,
-        action: AuditAction::Purged,
-        diff: Value::Object(Default::default()),
-        created_at: at / 1000,
-        updated_at: at / 1000,
-        version: 1,
-    };
-    Ok(Write::Insert(encode(&entry, None)?))
+    audit_entry(
+        &Actor::system(),
+        AuditAction::Purged,
+        doc.kind,
+        &doc.tenant_id,
+        &doc.id,
+        doc.version,
+        Value::Object(Default::default()),
+    )
 }
 
 /// A record of any kind, for atomic multi-kind creates.
