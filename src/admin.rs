@@ -5,8 +5,11 @@
 //! Access: the directory admits only the user Lintel runs as (and root), and the server
 //! also checks the connecting process's uid (`SO_PEERCRED`).
 //!
-//! Protocol: the client sends one line (`backup`); the server answers `ok\n` followed by
-//! the backup, or `error: <reason>\n`.
+//! `lintel keys rotate` asks it to reload the master keyring, re-seal every secret under
+//! its primary key and start new token-signing keys, online.
+//!
+//! Protocol: the client sends one line (`backup` or `rotate-keys`); the server answers
+//! `ok\n` followed by the result (the backup; a JSON report), or `error: <reason>\n`.
 
 use lintel_store::Store;
 use std::path::{Path, PathBuf};
@@ -26,10 +29,44 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_DIR).join(SOCKET)
 }
 
+/// What the admin socket needs to rotate keys.
+#[derive(Clone)]
+pub struct KeyAdmin {
+    pub config: Arc<crate::config::Config>,
+    pub keyring: lintel_auth::Keyring,
+    pub tokens: Arc<lintel_auth::TokenService>,
+}
+
+impl KeyAdmin {
+    /// Reload the keyring from its source, re-seal everything under its primary key, and
+    /// give every tenant a new token-signing key (old ones verify until their tokens end).
+    pub async fn rotate(&self, store: &Arc<dyn Store>) -> anyhow::Result<serde_json::Value> {
+        use lintel_store::StoreExt;
+        let fresh = self.config.keyring()?;
+        let primary = fresh.primary_id().to_owned();
+        self.keyring.replace(fresh);
+        let report = lintel_auth::reseal_all(store, &self.keyring).await?;
+        let mut signing = 0;
+        for t in store.tenants().await? {
+            self.tokens.rotate(&t.id).await?;
+            signing += 1;
+        }
+        tracing::info!(primary = %primary, examined = report.examined, resealed = report.resealed, retried = report.retried, signing_keys = signing, "keys rotated");
+        Ok(serde_json::json!({
+            "primary_key": primary,
+            "sealed_values": report.examined,
+            "resealed_records": report.resealed,
+            "retried": report.retried,
+            "new_signing_keys": signing,
+        }))
+    }
+}
+
 /// Listen on the admin socket until the returned task is aborted.
 pub fn listen(
     data_dir: &Path,
     store: Arc<dyn Store>,
+    keys: KeyAdmin,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
     let dir = data_dir.join(SOCKET_DIR);
@@ -71,9 +108,9 @@ pub fn listen(
                     continue;
                 }
             }
-            let store = store.clone();
+            let (store, keys) = (store.clone(), keys.clone());
             tokio::spawn(async move {
-                if let Err(e) = handle(conn, store).await {
+                if let Err(e) = handle(conn, store, keys).await {
                     tracing::warn!(error = %e, "admin socket request failed");
                 }
             });
@@ -81,7 +118,7 @@ pub fn listen(
     }))
 }
 
-async fn handle(conn: UnixStream, store: Arc<dyn Store>) -> anyhow::Result<()> {
+async fn handle(conn: UnixStream, store: Arc<dyn Store>, keys: KeyAdmin) -> anyhow::Result<()> {
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
@@ -104,6 +141,18 @@ async fn handle(conn: UnixStream, store: Arc<dyn Store>) -> anyhow::Result<()> {
                 }
             }
         }
+        "rotate-keys" => match keys.rotate(&store).await {
+            Ok(report) => {
+                write.write_all(b"ok\n").await?;
+                write.write_all(report.to_string().as_bytes()).await?;
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "key rotation failed");
+                write
+                    .write_all(format!("error: {e:#}\n").as_bytes())
+                    .await?;
+            }
+        },
         other => {
             let shown: String = other.chars().take(32).collect();
             write
@@ -117,23 +166,36 @@ async fn handle(conn: UnixStream, store: Arc<dyn Store>) -> anyhow::Result<()> {
 
 /// Ask the server on `data_dir` for a backup; returns its bytes.
 pub async fn request_backup(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    request(
+        data_dir,
+        "backup",
+        "the data directory is in use, but its server",
+    )
+    .await
+}
+
+/// Ask the running server on `data_dir` to rotate keys; returns its JSON report.
+pub async fn request_rotation(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
+    request(data_dir, "rotate-keys", "keys rotate online: the server").await
+}
+
+async fn request(data_dir: &Path, what: &str, who: &str) -> anyhow::Result<Vec<u8>> {
     let path = socket_path(data_dir);
-    let mut conn = UnixStream::connect(&path).await.map_err(|e| {
-        anyhow::anyhow!(
-            "the data directory is in use, but its server does not answer on {}: {e}",
-            path.display()
-        )
-    })?;
-    conn.write_all(b"backup\n").await?;
+    let mut conn = UnixStream::connect(&path)
+        .await
+        .map_err(|e| anyhow::anyhow!("{who} does not answer on {}: {e}", path.display()))?;
+    conn.write_all(format!("{what}\n").as_bytes()).await?;
     let mut reply = Vec::new();
     tokio::time::timeout(BACKUP_TIMEOUT, conn.read_to_end(&mut reply))
         .await
-        .map_err(|_| anyhow::anyhow!("the server sent no backup within {BACKUP_TIMEOUT:?}"))??;
+        .map_err(|_| {
+            anyhow::anyhow!("the server did not answer `{what}` within {BACKUP_TIMEOUT:?}")
+        })??;
     match reply.strip_prefix(b"ok\n") {
         Some(bytes) => Ok(bytes.to_vec()),
         None => {
             let text = String::from_utf8_lossy(&reply[..reply.len().min(512)]);
-            anyhow::bail!("the server refused the backup: {}", text.trim_end())
+            anyhow::bail!("the server refused `{what}`: {}", text.trim_end())
         }
     }
 }

@@ -38,6 +38,7 @@ pub struct Config {
     pub engine: Engine,
     pub store: StoreConfig,
     pub auth: Auth,
+    pub secrets: Secrets,
     pub bootstrap: Bootstrap,
     /// The first-run admin password (prefer `admin_password_file`).
     #[serde(skip_serializing)]
@@ -56,6 +57,9 @@ pub struct Http {
     /// HTTP worker threads; 0 = one per core.
     pub workers: usize,
     pub shutdown_timeout_secs: u64,
+    /// The URL browsers reach Lintel by (`https://rooms.example.com`), for single-sign-on
+    /// redirects; unset = taken from each request's Host.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,8 +131,25 @@ pub struct Couchbase {
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     pub token_ttl_secs: u64,
+    /// How long a sign-in session lasts (refresh tokens stop working after it).
+    pub session_ttl_secs: u64,
+    /// A tenant's token-signing key is replaced when older than this.
+    pub signing_key_max_age_days: u64,
     /// scrypt hashes computed at once (each takes ~128 MiB).
     pub hash_concurrency: usize,
+    /// Sign-in attempts per minute per account, and per client address.
+    pub login_per_account_per_minute: u32,
+    pub login_per_client_per_minute: u32,
+}
+
+/// The master keyring that seals secrets at rest (`lintel keys generate`). Required.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    /// The keyring text itself (prefer `master_key_file`, e.g. a mounted Kubernetes Secret).
+    #[serde(skip_serializing)]
+    pub master_key: Option<Secret>,
+    pub master_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,6 +189,7 @@ impl Default for Config {
                 max_body_bytes: 1024 * 1024,
                 workers: 0,
                 shutdown_timeout_secs: 10,
+                public_url: None,
             },
             log: Log {
                 format: LogFormat::Human,
@@ -197,7 +219,15 @@ impl Default for Config {
             },
             auth: Auth {
                 token_ttl_secs: 3600,
+                session_ttl_secs: 30 * 86_400,
+                signing_key_max_age_days: 90,
                 hash_concurrency: 2,
+                login_per_account_per_minute: 10,
+                login_per_client_per_minute: 60,
+            },
+            secrets: Secrets {
+                master_key: None,
+                master_key_file: None,
             },
             bootstrap: Bootstrap {
                 tenant_name: "Demo".into(),
@@ -225,6 +255,22 @@ fn invalid(key: &str, message: impl std::fmt::Display) -> ConfigError {
 }
 
 impl Config {
+    /// The master keyring, from `secrets.master_key` or `secrets.master_key_file`. There is
+    /// no default: without one Lintel does not start.
+    pub fn keyring(&self) -> anyhow::Result<lintel_auth::SecretKeyring> {
+        use anyhow::Context as _;
+        match (&self.secrets.master_key, &self.secrets.master_key_file) {
+            (Some(k), _) => lintel_auth::SecretKeyring::parse(k.expose())
+                .context("invalid `secrets.master_key`"),
+            (None, Some(path)) => lintel_auth::SecretKeyring::load_file(path)
+                .context("invalid `secrets.master_key_file`"),
+            (None, None) => anyhow::bail!(
+                "no master key: secrets at rest need one. Create it with `lintel keys generate --out <file>` \
+                 and set `secrets.master_key_file` (LINTEL_SECRETS__MASTER_KEY_FILE) to that file"
+            ),
+        }
+    }
+
     /// Load `file` (if it exists; an explicitly named file must exist) and the environment.
     pub fn load(file: &Path, file_required: bool) -> Result<Self, ConfigError> {
         Self::load_from(file, file_required, Env::prefixed("LINTEL_"))
@@ -256,6 +302,7 @@ impl Config {
             &mut self.admin_password,
             &self.admin_password_file,
         )?;
+        // The keyring file is read when the keyring is loaded (it is reloaded on rotation).
         let cb = &mut self.store.couchbase;
         read_secret_file(
             "store.couchbase.password",
@@ -348,6 +395,44 @@ impl Config {
         }
         if cb.retries > 20 {
             return Err(invalid("store.couchbase.retries", "must be at most 20"));
+        }
+        let a = &self.auth;
+        if !(3600..=365 * 86_400).contains(&a.session_ttl_secs) {
+            return Err(invalid(
+                "auth.session_ttl_secs",
+                "must be between 3600 and 31536000",
+            ));
+        }
+        if !(1..=3650).contains(&a.signing_key_max_age_days) {
+            return Err(invalid(
+                "auth.signing_key_max_age_days",
+                "must be between 1 and 3650",
+            ));
+        }
+        for (key, v) in [
+            (
+                "auth.login_per_account_per_minute",
+                a.login_per_account_per_minute,
+            ),
+            (
+                "auth.login_per_client_per_minute",
+                a.login_per_client_per_minute,
+            ),
+        ] {
+            if !(1..=100_000).contains(&v) {
+                return Err(invalid(key, "must be between 1 and 100000"));
+            }
+        }
+        if self.secrets.master_key.is_some() && self.secrets.master_key_file.is_some() {
+            return Err(invalid(
+                "secrets.master_key_file",
+                "set either secrets.master_key or secrets.master_key_file, not both",
+            ));
+        }
+        if let Some(u) = &self.http.public_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err(invalid("http.public_url", "must be an http(s):// URL"));
         }
         if !(1..=64).contains(&self.auth.hash_concurrency) {
             return Err(invalid("auth.hash_concurrency", "must be between 1 and 64"));

@@ -42,6 +42,23 @@ enum Command {
         /// A file written by `lintel backup`.
         file: PathBuf,
     },
+    /// The master keyring that seals secrets at rest.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new master key line (`<id>:<base64>`), or write it to a new file (0600).
+    /// A keyring file lists keys one per line; the first seals, all open.
+    Generate {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Online, through the running server: reload the keyring from its file, re-seal every
+    /// secret under its first key, and start new token-signing keys. Afterwards older keys
+    /// can be removed from the file.
+    Rotate,
 }
 
 /// A multi-threaded runtime (`workers` threads, default one per core).
@@ -126,6 +143,52 @@ fn main() -> ExitCode {
             run_store_command(&cli, "restored", async move |cfg| {
                 store::restore(&cfg, &file).await
             })
+        }
+        Command::Keys(KeysCommand::Generate { ref out }) => {
+            let line = lintel_auth::SecretKeyring::generate_line();
+            match out.as_deref() {
+                None => {
+                    println!("{line}");
+                    ExitCode::SUCCESS
+                }
+                Some(path) if path.exists() => {
+                    eprintln!(
+                        "error: {} exists; a key is never overwritten (add the new line at the top of the file by hand)",
+                        path.display()
+                    );
+                    ExitCode::FAILURE
+                }
+                Some(path) => match store::write_private(path, format!("{line}\n").as_bytes()) {
+                    Ok(()) => {
+                        println!("master key written to {} (mode 0600)", path.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                },
+            }
+        }
+        Command::Keys(KeysCommand::Rotate) => {
+            let cfg = match load_config(&cli) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let rt = match runtime(Some(1)) {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match rt.block_on(admin::request_rotation(&cfg.data_dir)) {
+                Ok(report) => {
+                    println!("{}", String::from_utf8_lossy(&report));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Serve => {
             let cfg = match load_config(&cli) {

@@ -4,7 +4,9 @@ use crate::config::{Config, LogFormat};
 use crate::{bootstrap, demo};
 use anyhow::Context;
 use lintel_api::{AppState, HttpConfig};
-use lintel_auth::{PasswordHasher, TokenIssuer};
+use lintel_auth::{
+    ApiKeys, Keyring, LoginLimiter, LoginLimits, OidcClient, PasswordHasher, Sessions, TokenService,
+};
 use lintel_engine::{Engine, EngineConfig, SandboxLimits};
 use lintel_store::Store;
 use std::path::Path;
@@ -81,23 +83,50 @@ pub async fn serve(
     let listener = std::net::TcpListener::bind(cfg.listen())
         .with_context(|| format!("cannot listen on {}", cfg.listen()))?;
     let addr = listener.local_addr()?;
+    // No master key, no start (checked before anything is written).
+    let keyring = Keyring::new(cfg.keyring()?);
     prepare_data_dir(&cfg.data_dir)?;
     let store = crate::store::open(&cfg)
         .await
         .context("cannot open the store")?;
     tracing::info!(backend = store.backend_name(), "store open");
-    let admin = crate::admin::listen(&cfg.data_dir, store.clone())
-        .context("cannot open the admin socket")?;
     let purger = tokio::spawn(purge_tombstones(
         store.clone(),
         cfg.store.retention_days,
         Duration::from_secs(cfg.store.purge_interval_secs),
     ));
-    let tokens = Arc::new(
-        TokenIssuer::load_or_create(&cfg.data_dir, Duration::from_secs(cfg.auth.token_ttl_secs))
-            .context("cannot load the token signing key")?,
-    );
+    let tokens = Arc::new(TokenService::new(
+        store.clone(),
+        keyring.clone(),
+        Duration::from_secs(cfg.auth.token_ttl_secs),
+        Duration::from_secs(cfg.auth.signing_key_max_age_days * 86_400),
+    ));
+    let limiter = Arc::new(LoginLimiter::new(LoginLimits {
+        per_account_per_minute: cfg.auth.login_per_account_per_minute,
+        per_client_per_minute: cfg.auth.login_per_client_per_minute,
+        ..LoginLimits::default()
+    }));
+    let sessions = Arc::new(Sessions::new(
+        store.clone(),
+        Duration::from_secs(cfg.auth.session_ttl_secs),
+    ));
+    let housekeeping = tokio::spawn(auth_housekeeping(
+        tokens.clone(),
+        sessions.clone(),
+        limiter.clone(),
+    ));
+    let admin = crate::admin::listen(
+        &cfg.data_dir,
+        store.clone(),
+        crate::admin::KeyAdmin {
+            config: Arc::new(cfg.clone()),
+            keyring: keyring.clone(),
+            tokens: tokens.clone(),
+        },
+    )
+    .context("cannot open the admin socket")?;
     let mut engine_cfg = EngineConfig::new(cfg.data_dir.clone());
+    engine_cfg.secrets = Some(Arc::new(KeyringOpener(keyring.clone())));
     engine_cfg.exec_timeout = Duration::from_millis(cfg.engine.exec_timeout_ms);
     engine_cfg.limits = SandboxLimits {
         memory_bytes: cfg.engine.module_memory_mb * 1024 * 1024,
@@ -134,7 +163,13 @@ pub async fn serve(
         engine: engine.clone(),
         store: store.clone(),
         tokens,
+        sessions,
+        api_keys: Arc::new(ApiKeys::new(store.clone())),
+        oidc: Arc::new(OidcClient::new(keyring.clone()).context("cannot set up single sign-on")?),
+        keyring,
         passwords,
+        limiter,
+        public_url: cfg.http.public_url.clone(),
         metrics,
         version: env!("CARGO_PKG_VERSION"),
     };
@@ -182,6 +217,7 @@ pub async fn serve(
     follow.cancel();
     starter.abort();
     purger.abort();
+    housekeeping.abort();
     admin.abort();
     let _ = std::fs::remove_file(crate::admin::socket_path(&cfg.data_dir));
     engine.shutdown().await;
@@ -189,4 +225,44 @@ pub async fn serve(
     drop(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens sealed settings for the engine with the master keyring.
+struct KeyringOpener(Keyring);
+
+impl lintel_engine::SettingsOpener for KeyringOpener {
+    fn open(&self, s: &lintel_model::Settings) -> Result<serde_json::Value, String> {
+        let lintel_model::SettingsBody::Sealed(sealed) = &s.body else {
+            return Err("not sealed".into());
+        };
+        let ctx = lintel_auth::SealContext {
+            tenant_id: &s.tenant_id,
+            record_id: &s.id,
+            field: "body",
+        };
+        self.0
+            .current()
+            .open_json(&ctx, sealed)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Every few minutes: forget idle rate-limit entries; delete long-retired signing keys
+/// and long-ended sessions.
+async fn auth_housekeeping(
+    tokens: Arc<TokenService>,
+    sessions: Arc<Sessions>,
+    limiter: Arc<LoginLimiter>,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        tick.tick().await;
+        limiter.housekeeping();
+        if let Err(e) = tokens.remove_retired().await {
+            tracing::warn!(error = %e, "could not remove retired signing keys");
+        }
+        if let Err(e) = sessions.remove_ended().await {
+            tracing::warn!(error = %e, "could not remove ended sessions");
+        }
+    }
 }

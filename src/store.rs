@@ -43,7 +43,7 @@ pub async fn backup(cfg: &Config, out: &Path) -> anyhow::Result<lintel_store::Ba
 
 /// Write `bytes` to `path` atomically (a temporary file in the same directory, fsynced,
 /// renamed, the directory fsynced), mode 0600. Nothing is left behind on failure.
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

@@ -1,28 +1,55 @@
-//! Authentication: the one place a request becomes a [`Principal`].
+//! Authentication and authorization: the one place a request becomes a [`Principal`] and
+//! the one place its permission for the route is decided (the route's entry in
+//! [`crate::routes::PERMISSIONS`]; a route without one is refused, so none is forgotten).
 
 use crate::{ApiError, AppState};
 use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
 use futures_util::future::LocalBoxFuture;
-use lintel_auth::Principal;
-use lintel_model::{Tenant, User};
+use lintel_auth::{API_KEY_HEADER, Access, Credential, Principal};
+use lintel_model::{IdKind, Role, Tenant, User};
 use lintel_store::{ListOptions, StoreExt};
 
-/// An authenticated caller. Taking this as a handler argument makes the route require
-/// `Authorization: Bearer <token>` (or `?bearer_token=`, for WebSocket upgrades and
-/// downloads).
+/// An authenticated caller, allowed to use the route it called. Taking this as a handler
+/// argument makes the route require `Authorization: Bearer <token>` (or `?bearer_token=`,
+/// for WebSocket upgrades and downloads) or `X-API-Key: <key>`.
 pub struct Authenticated(pub Principal);
 
-fn bearer(req: &HttpRequest) -> Option<String> {
+/// Longest credential looked at; longer ones are refused unread.
+const MAX_CREDENTIAL: usize = 8 * 1024;
+/// Header a sysadmin sets to act in another tenant.
+pub const TENANT_HEADER: &str = "X-Tenant-Id";
+
+enum Presented {
+    Bearer(String),
+    ApiKey(String),
+}
+
+fn presented(req: &HttpRequest) -> Result<Presented, ApiError> {
+    if let Some(h) = req.headers().get(API_KEY_HEADER) {
+        let v = h
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("malformed API key".into()))?;
+        return Ok(Presented::ApiKey(v.trim().to_owned()));
+    }
     if let Some(h) = req.headers().get(header::AUTHORIZATION) {
-        let v = h.to_str().ok()?;
-        let (scheme, token) = v.split_once(' ')?;
-        return scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| token.trim().to_string());
+        let v = h
+            .to_str()
+            .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
+        let (scheme, token) = v
+            .split_once(' ')
+            .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header".into()))?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::Unauthorized(
+                "only Bearer authorization is accepted".into(),
+            ));
+        }
+        return Ok(Presented::Bearer(token.trim().to_owned()));
     }
     web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
         .ok()
         .and_then(|q| q.get("bearer_token").cloned())
+        .map(Presented::Bearer)
+        .ok_or_else(|| ApiError::Unauthorized("missing bearer token or API key".into()))
 }
 
 impl FromRequest for Authenticated {
@@ -31,31 +58,110 @@ impl FromRequest for Authenticated {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let token = bearer(req);
+        let credential = presented(req);
+        let permission = crate::routes::permission(req.method(), req.match_pattern().as_deref());
+        let switch_tenant = req
+            .headers()
+            .get(TENANT_HEADER)
+            .map(|v| v.to_str().map(str::to_owned));
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("app state missing".into()))?;
-            let token =
-                token.ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
-            let claims = state.tokens.verify(&token)?;
-            let tenant = tenant_by_domain(&state, &claims.aud)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::Unauthorized("token audience is not a tenant here".into())
-                })?;
-            let user: User = state
-                .store
-                .get(&tenant.id, &claims.sub)
-                .await?
-                .ok_or_else(|| {
-                    ApiError::Unauthorized("token subject is not a user of its tenant".into())
-                })?;
-            Ok(Authenticated(Principal {
-                tenant_id: tenant.id,
-                user_id: user.id,
-                roles: user.roles,
-            }))
+            let mut principal = match credential? {
+                Presented::Bearer(t) | Presented::ApiKey(t) if t.len() > MAX_CREDENTIAL => {
+                    return Err(ApiError::Unauthorized("credential too large".into()));
+                }
+                Presented::Bearer(t) => from_token(&state, &t).await?,
+                Presented::ApiKey(k) => from_api_key(&state, &k).await?,
+            };
+            if let Some(tenant) = switch_tenant {
+                let tenant = tenant
+                    .map_err(|_| ApiError::BadRequest(format!("malformed {TENANT_HEADER}")))?;
+                act_in_tenant(&state, &mut principal, &tenant).await?;
+            }
+            match permission {
+                None => {
+                    return Err(ApiError::Internal("route has no permission entry".into()));
+                }
+                Some(None) => {}
+                Some(Some((resource, action))) => principal.check(resource, action)?,
+            }
+            Ok(Authenticated(principal))
         })
     }
+}
+
+async fn from_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let verified = state.tokens.verify(token).await?;
+    let claims = verified.claims;
+    let user = live_user(state, &verified.tenant_id, &claims.sub).await?;
+    if let Some(sid) = &claims.sid {
+        state.sessions.check(&verified.tenant_id, sid).await?;
+    }
+    Ok(Principal {
+        tenant_id: verified.tenant_id,
+        user_id: user.id,
+        // The user's roles now, not when the token was issued: a demotion is immediate.
+        roles: user.roles,
+        scopes: Vec::new(),
+        credential: Credential::Token {
+            session_id: claims.sid,
+        },
+    })
+}
+
+async fn from_api_key(state: &AppState, presented: &str) -> Result<Principal, ApiError> {
+    let key = state.api_keys.authenticate(presented).await?;
+    let mut role = key.role;
+    if let Some(user_id) = &key.user_id {
+        // A key never outranks the user it acts for, whose rights may have changed.
+        let user = live_user(state, &key.tenant_id, user_id).await?;
+        role = role.min(user.roles.iter().copied().max().unwrap_or(Role::Staff));
+        if user.roles.is_empty() {
+            return Err(ApiError::Forbidden("the key's user has no role".into()));
+        }
+    }
+    Ok(Principal {
+        tenant_id: key.tenant_id,
+        user_id: key.user_id.unwrap_or_else(|| key.id.clone()),
+        roles: vec![role],
+        scopes: key.scopes,
+        credential: Credential::ApiKey { key_id: key.id },
+    })
+}
+
+/// The user a credential names, if it still exists and may sign in.
+async fn live_user(state: &AppState, tenant_id: &str, user_id: &str) -> Result<User, ApiError> {
+    let user: User =
+        state.store.get(tenant_id, user_id).await?.ok_or_else(|| {
+            ApiError::Unauthorized("the credential's user no longer exists".into())
+        })?;
+    if user.disabled {
+        return Err(ApiError::Unauthorized("the account is disabled".into()));
+    }
+    Ok(user)
+}
+
+/// A sysadmin acting in another tenant (`X-Tenant-Id`). Anyone else naming a tenant other
+/// than their own gets the answer a missing tenant gets.
+async fn act_in_tenant(
+    state: &AppState,
+    principal: &mut Principal,
+    tenant_id: &str,
+) -> Result<(), ApiError> {
+    if tenant_id == principal.tenant_id {
+        return Ok(());
+    }
+    let not_found = || ApiError::NotFound(format!("tenant `{tenant_id}` not found"));
+    if principal.role() != Some(Role::Sysadmin) || !IdKind::Tenant.is_valid_id(tenant_id) {
+        return Err(not_found());
+    }
+    state
+        .store
+        .get::<Tenant>(tenant_id, tenant_id)
+        .await?
+        .ok_or_else(not_found)?;
+    principal.tenant_id = tenant_id.to_owned();
+    Ok(())
 }
 
 pub(crate) async fn tenant_by_domain(

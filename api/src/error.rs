@@ -28,6 +28,12 @@ pub enum ApiError {
     Timeout(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Too many attempts; retry after this many seconds.
+    #[error("too many attempts; retry in {0} s")]
+    TooManyRequests(u64),
+    /// A system Lintel depends on (an identity provider) failed.
+    #[error("{0}")]
+    BadGateway(String),
     /// Details are logged, never sent: they may name internals.
     #[error("internal error")]
     Internal(String),
@@ -51,6 +57,8 @@ impl ApiError {
             ApiError::Driver(_) => "driver_error",
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::TooManyRequests(_) => "too_many_requests",
+            ApiError::BadGateway(_) => "bad_gateway",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -68,6 +76,8 @@ impl ResponseError for ApiError {
             ApiError::Driver(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -82,6 +92,9 @@ impl ResponseError for ApiError {
             }
             ApiError::Unavailable(_) => {
                 r.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::TooManyRequests(secs) => {
+                r.insert_header((header::RETRY_AFTER, secs.to_string()));
             }
             _ => {}
         }
@@ -138,7 +151,15 @@ impl From<AuthError> for ApiError {
             AuthError::InvalidCredentials | AuthError::InvalidToken(_) => {
                 ApiError::Unauthorized(e.to_string())
             }
-            AuthError::Keys(m) | AuthError::Internal(m) => ApiError::Internal(m),
+            AuthError::SignInRefused(_) | AuthError::Forbidden(_) => {
+                ApiError::Forbidden(e.to_string())
+            }
+            AuthError::Invalid(m) => ApiError::BadRequest(m),
+            AuthError::RateLimited(secs) => ApiError::TooManyRequests(secs),
+            AuthError::Upstream(m) => ApiError::BadGateway(m),
+            AuthError::Sealed(m) | AuthError::Keys(m) | AuthError::Internal(m) => {
+                ApiError::Internal(m)
+            }
         }
     }
 }
@@ -174,6 +195,12 @@ mod tests {
                 409,
             ),
             (AuthError::InvalidCredentials.into(), 401),
+            (AuthError::InvalidToken("x".into()).into(), 401),
+            (AuthError::Forbidden("x".into()).into(), 403),
+            (AuthError::RateLimited(3).into(), 429),
+            (AuthError::Invalid("x".into()).into(), 400),
+            (AuthError::Upstream("x".into()).into(), 502),
+            (AuthError::Sealed("x".into()).into(), 500),
             (ApiError::PayloadTooLarge(10), 413),
         ];
         for (e, status) in cases {

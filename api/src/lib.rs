@@ -3,7 +3,9 @@
 
 mod auth;
 mod error;
+mod resources;
 mod routes;
+mod sso;
 
 pub use auth::Authenticated;
 pub use error::ApiError;
@@ -13,7 +15,9 @@ use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpServer, web};
-use lintel_auth::{PasswordHasher, TokenIssuer};
+use lintel_auth::{
+    ApiKeys, Keyring, LoginLimiter, OidcClient, PasswordHasher, Sessions, TokenService,
+};
 use lintel_engine::Engine;
 use lintel_store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -25,8 +29,16 @@ use std::time::{Duration, Instant};
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub store: Arc<dyn Store>,
-    pub tokens: Arc<TokenIssuer>,
+    pub tokens: Arc<TokenService>,
+    pub sessions: Arc<Sessions>,
+    pub api_keys: Arc<ApiKeys>,
+    pub keyring: Keyring,
     pub passwords: PasswordHasher,
+    pub limiter: Arc<LoginLimiter>,
+    pub oidc: Arc<OidcClient>,
+    /// The URL browsers reach this server by (for single-sign-on redirects); `None` =
+    /// taken from each request's Host.
+    pub public_url: Option<String>,
     pub metrics: Option<PrometheusHandle>,
     pub version: &'static str,
 }

@@ -38,9 +38,18 @@ use wasmtime::component::Linker;
 /// The `lintel:driver` WIT package version this engine implements.
 pub const DRIVER_ABI: &str = "0.1.0";
 
+/// Opens sealed settings for drivers (the binary adapts the secret keyring to it, so the
+/// engine holds no key material and depends on no crypto). The error says why, never what.
+pub trait SettingsOpener: Send + Sync {
+    fn open(&self, settings: &Settings) -> std::result::Result<serde_json::Value, String>;
+}
+
 /// Engine settings (from the `[engine]` section of `lintel.toml`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineConfig {
+    /// Opens settings sealed above level `none`; without it such settings stop the module
+    /// with an error.
+    pub secrets: Option<Arc<dyn SettingsOpener>>,
     pub data_dir: PathBuf,
     pub limits: SandboxLimits,
     /// How long an `exec` waits for the driver's answer.
@@ -54,6 +63,7 @@ pub struct EngineConfig {
 impl EngineConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         EngineConfig {
+            secrets: None,
             data_dir,
             limits: SandboxLimits::default(),
             exec_timeout: Duration::from_secs(5),
@@ -412,11 +422,22 @@ impl Engine {
         for s in &module_settings {
             match &s.body {
                 SettingsBody::Plain(v) => merge(&mut settings, v),
+                // Sealed values (every level, `never_display` included) reach the driver
+                // only here, inside the engine.
                 SettingsBody::Sealed(_) => {
-                    return Err(EngineError::Internal(format!(
-                        "module {} has sealed settings ({}); opening them needs the secret keyring",
-                        module.id, s.id
-                    )));
+                    let opened = self
+                        .cfg
+                        .secrets
+                        .as_ref()
+                        .ok_or_else(|| "no secret keyring".to_string())
+                        .and_then(|o| o.open(s))
+                        .map_err(|why| {
+                            EngineError::Internal(format!(
+                                "module {}: sealed settings {} cannot be opened: {why}",
+                                module.id, s.id
+                            ))
+                        })?;
+                    merge(&mut settings, &opened);
                 }
             }
         }

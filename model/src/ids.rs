@@ -16,10 +16,13 @@ pub enum IdKind {
     Trigger,
     Metadata,
     Audit,
+    Session,
+    IdentityProvider,
+    SigningKey,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 11] = [
+    pub const ALL: [IdKind; 14] = [
         IdKind::Tenant,
         IdKind::Zone,
         IdKind::System,
@@ -31,6 +34,9 @@ impl IdKind {
         IdKind::Trigger,
         IdKind::Metadata,
         IdKind::Audit,
+        IdKind::Session,
+        IdKind::IdentityProvider,
+        IdKind::SigningKey,
     ];
 
     pub fn prefix(self) -> &'static str {
@@ -46,6 +52,9 @@ impl IdKind {
             IdKind::Trigger => "trigger",
             IdKind::Metadata => "metadata",
             IdKind::Audit => "audit",
+            IdKind::Session => "session",
+            IdKind::IdentityProvider => "idp",
+            IdKind::SigningKey => "sigkey",
         }
     }
 
@@ -63,7 +72,16 @@ impl IdKind {
             IdKind::Trigger => "trigger",
             IdKind::Metadata => "metadata",
             IdKind::Audit => "audit",
+            IdKind::Session => "session",
+            IdKind::IdentityProvider => "identity_provider",
+            IdKind::SigningKey => "signing_key",
         }
+    }
+
+    /// Whether changes to records of this kind leave audit entries. Configuration does;
+    /// bookkeeping that changes on every use (sign-in sessions) does not.
+    pub const fn audited(self) -> bool {
+        !matches!(self, IdKind::Session | IdKind::Audit)
     }
 
     /// The kind whose stable [`name`](Self::name) is `name`.

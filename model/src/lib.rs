@@ -11,6 +11,7 @@ pub use ids::{IdKind, ModuleSlug, SlugError, new_id, new_time_ordered_id, now_un
 pub use migrations::{Migrated, MigrationError, SCHEMA_VERSION, migrate};
 pub use records::{
     ApiKey, AuditAction, AuditEntry, ControlSystem, DriverRecord, DriverRole, EncryptionLevel,
-    MODULE_URI_SCHEMES, Metadata, Module, REDACTED, Record, Role, SETTINGS_PARENTS, SealedValue,
-    Settings, SettingsBody, Tenant, Trigger, User, ValidationError, ZONE_TAGS, Zone, diff,
+    IdentityProvider, MODULE_URI_SCHEMES, Metadata, Module, REDACTED, Record, Role, RoleMapping,
+    SESSION_USED_HASHES, SETTINGS_PARENTS, SealedValue, Session, Settings, SettingsBody,
+    SigningKey, Tenant, Trigger, User, ValidationError, ZONE_TAGS, Zone, diff,
 };

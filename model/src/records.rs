@@ -728,6 +728,8 @@ pub struct User {
     pub department: Option<String>,
     /// Disabled users cannot sign in; their tokens stop working.
     pub disabled: bool,
+    /// The single-sign-on identity this user is linked to: `<idp id>|<subject>`.
+    pub sso_subject: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
     pub version: u64,
@@ -775,7 +777,13 @@ record_common!(
         }
         Ok(())
     },
-    index = |self| { vec![("email", self.email.to_ascii_lowercase())] },
+    index = |self| {
+        let mut v = vec![("email", self.email.to_ascii_lowercase())];
+        if let Some(s) = &self.sso_subject {
+            v.push(("sso_subject", s.clone()));
+        }
+        v
+    },
     search = |self| {
         lower(&[
             &self.name,
@@ -843,7 +851,12 @@ record_common!(
         }
         Ok(())
     },
-    index = |self| { self.user_id.iter().map(|u| ("user", u.clone())).collect() },
+    index = |self| {
+        // `id` lets a presented key be found before its tenant is known.
+        let mut v = vec![("id", self.id.clone())];
+        v.extend(self.user_id.iter().map(|u| ("user", u.clone())));
+        v
+    },
     search = |self| { lower(&[&self.name, &self.description]) },
     redact = |self| {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
@@ -947,6 +960,14 @@ pub enum AuditAction {
     Deleted,
     Restored,
     Purged,
+    /// A successful sign-in (password or single sign-on); the record is the user.
+    SignedIn,
+    /// A refused sign-in; the record is the user, or `unknown`.
+    SignInFailed,
+    /// A session ended by its user (logout).
+    SignedOut,
+    /// A session revoked by Lintel (refresh-token reuse) or by an administrator.
+    SessionRevoked,
 }
 impl AuditAction {
     pub fn as_str(self) -> &'static str {
@@ -956,6 +977,10 @@ impl AuditAction {
             AuditAction::Deleted => "deleted",
             AuditAction::Restored => "restored",
             AuditAction::Purged => "purged",
+            AuditAction::SignedIn => "signed_in",
+            AuditAction::SignInFailed => "sign_in_failed",
+            AuditAction::SignedOut => "signed_out",
+            AuditAction::SessionRevoked => "session_revoked",
         }
     }
 }
@@ -998,6 +1023,262 @@ record_common!(
             ("record", self.record_id.clone()),
             ("actor", self.actor.clone()),
         ]
+    }
+);
+
+/// A sign-in session: the family of rotating refresh tokens issued from one sign-in.
+/// Presenting a refresh token that was already exchanged revokes the whole family.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct Session {
+    pub id: String,
+    pub tenant_id: String,
+    pub user_id: String,
+    /// How the user signed in: `password` or `oidc:<idp id>`.
+    pub method: String,
+    /// SHA-256 (hex) of the current refresh token's secret.
+    pub refresh_hash: String,
+    /// SHA-256 (hex) of the refresh tokens already exchanged, newest last (bounded).
+    pub used_hashes: Vec<String>,
+    /// Absolute end of the session (Unix seconds): refresh stops working after it.
+    pub expires_at: i64,
+    pub last_used_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: u64,
+}
+/// How many exchanged refresh-token hashes a session remembers for reuse detection.
+pub const SESSION_USED_HASHES: usize = 64;
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("user_id", &self.user_id)
+            .field("revoked_at", &self.revoked_at)
+            .finish_non_exhaustive()
+    }
+}
+record_common!(
+    Session,
+    IdKind::Session,
+    tenant = tenant_id,
+    |self| {
+        require_id("user_id", IdKind::User, &self.user_id)?;
+        require_name("method", &self.method)?;
+        if self.refresh_hash.len() != 64 {
+            return Err(ValidationError::new(
+                "refresh_hash",
+                "must be a SHA-256 hex digest",
+            ));
+        }
+        if self.used_hashes.len() > SESSION_USED_HASHES {
+            return Err(ValidationError::new(
+                "used_hashes",
+                format!("at most {SESSION_USED_HASHES} entries"),
+            ));
+        }
+        Ok(())
+    },
+    index = |self| { vec![("user", self.user_id.clone())] },
+    redact = |self| {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        v["refresh_hash"] = Value::String(REDACTED.into());
+        v["used_hashes"] = Value::String(REDACTED.into());
+        v
+    }
+);
+
+/// Which identity-provider group grants which role.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct RoleMapping {
+    pub group: String,
+    pub role: Role,
+}
+
+/// An OpenID Connect identity provider a tenant's users sign in with (Entra ID, Google,
+/// Okta, Keycloak, …). The client secret is sealed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct IdentityProvider {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    /// The issuer URL; its `/.well-known/openid-configuration` is discovered.
+    pub issuer: String,
+    pub client_id: String,
+    /// Sealed with the keyring (field `client_secret`); `None` for a public client.
+    pub client_secret: Option<SealedValue>,
+    /// Scopes requested besides `openid`.
+    pub scopes: Vec<String>,
+    /// The ID-token claim that lists the user's groups.
+    pub groups_claim: String,
+    /// Groups → roles; a user gets every role one of their groups maps to.
+    pub role_mappings: Vec<RoleMapping>,
+    /// The role of a user none of whose groups is mapped; `None` refuses them.
+    pub default_role: Option<Role>,
+    /// Microsoft Entra ID: the directory (`tid` claim) ids accepted. Empty = any.
+    pub allowed_tids: Vec<String>,
+    /// Google Workspace: the hosted domains (`hd` claim) accepted. Empty = any.
+    pub allowed_hosted_domains: Vec<String>,
+    /// Create a user on first sign-in (else only existing users, matched by email).
+    pub create_users: bool,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: u64,
+}
+impl Default for IdentityProvider {
+    fn default() -> Self {
+        IdentityProvider {
+            id: String::new(),
+            tenant_id: String::new(),
+            name: String::new(),
+            issuer: String::new(),
+            client_id: String::new(),
+            client_secret: None,
+            scopes: vec!["email".into(), "profile".into()],
+            groups_claim: "groups".into(),
+            role_mappings: Vec::new(),
+            default_role: Some(Role::Staff),
+            allowed_tids: Vec::new(),
+            allowed_hosted_domains: Vec::new(),
+            create_users: true,
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+            version: 0,
+        }
+    }
+}
+/// Whether `url` is an issuer Lintel will talk to: https, or http on a loopback host.
+fn require_issuer(field: &'static str, url: &str) -> Result<(), ValidationError> {
+    bounded(field, url, 2048)?;
+    let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+        .iter()
+        .any(|p| {
+            url.strip_prefix(p)
+                .is_some_and(|r| r.is_empty() || r.starts_with([':', '/']))
+        });
+    if url.starts_with("https://") && url.len() > "https://".len() || loopback {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            "must be an https:// URL (http:// only on a loopback address)",
+        ))
+    }
+}
+record_common!(
+    IdentityProvider,
+    IdKind::IdentityProvider,
+    tenant = tenant_id,
+    |self| {
+        require_name("name", &self.name)?;
+        require_issuer("issuer", &self.issuer)?;
+        require_name("client_id", &self.client_id)?;
+        require_tags("scopes", &self.scopes)?;
+        require_name("groups_claim", &self.groups_claim)?;
+        if self.role_mappings.len() > MAX_LIST {
+            return Err(ValidationError::new(
+                "role_mappings",
+                format!("at most {MAX_LIST} entries"),
+            ));
+        }
+        for m in &self.role_mappings {
+            require_name("role_mappings", &m.group)?;
+            if m.role == Role::Sysadmin {
+                return Err(ValidationError::new(
+                    "role_mappings",
+                    "sysadmin is never granted by a group; assign it to the user",
+                ));
+            }
+        }
+        if self.default_role == Some(Role::Sysadmin) {
+            return Err(ValidationError::new("default_role", "must not be sysadmin"));
+        }
+        for (field, list) in [
+            ("allowed_tids", &self.allowed_tids),
+            ("allowed_hosted_domains", &self.allowed_hosted_domains),
+        ] {
+            if list.len() > 64 {
+                return Err(ValidationError::new(field, "at most 64 entries"));
+            }
+            for v in list {
+                require_name(field, v)?;
+            }
+        }
+        if let Some(s) = &self.client_secret
+            && (s.key_id.is_empty() || s.nonce.is_empty() || s.ciphertext.is_empty())
+        {
+            return Err(ValidationError::new(
+                "client_secret",
+                "sealed value is incomplete",
+            ));
+        }
+        Ok(())
+    },
+    search = |self| { lower(&[&self.name, &self.issuer]) },
+    redact = |self| {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if self.client_secret.is_some() {
+            v["client_secret"] = Value::String(REDACTED.into());
+        }
+        v
+    }
+);
+
+/// A tenant's access-token signing key (Ed25519). The private half is sealed; the public
+/// half is published in the tenant's JWKS. The id is the JWT `kid`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct SigningKey {
+    pub id: String,
+    pub tenant_id: String,
+    /// JOSE algorithm: `EdDSA`.
+    pub algorithm: String,
+    /// The raw public key, base64url without padding.
+    pub public_key: String,
+    /// The PKCS#8 private key, sealed (field `private_key`).
+    pub private_key: SealedValue,
+    /// When (Unix seconds) the key stops verifying; set when a newer key replaces it.
+    pub retire_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: u64,
+}
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("id", &self.id)
+            .field("tenant_id", &self.tenant_id)
+            .field("retire_at", &self.retire_at)
+            .finish_non_exhaustive()
+    }
+}
+record_common!(
+    SigningKey,
+    IdKind::SigningKey,
+    tenant = tenant_id,
+    |self| {
+        if self.algorithm != "EdDSA" {
+            return Err(ValidationError::new("algorithm", "must be EdDSA"));
+        }
+        require_name("public_key", &self.public_key)?;
+        if self.private_key.key_id.is_empty() || self.private_key.ciphertext.is_empty() {
+            return Err(ValidationError::new("private_key", "must be sealed"));
+        }
+        Ok(())
+    },
+    // `id` (the JWT `kid`) finds a key before its tenant is known.
+    index = |self| { vec![("id", self.id.clone())] },
+    redact = |self| {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        v["private_key"] = Value::String(REDACTED.into());
+        v
     }
 );
 

@@ -3,8 +3,8 @@
 
 use crate::{Doc, Result, StoreError, index_entry};
 use lintel_model::{
-    ApiKey, AuditEntry, ControlSystem, DriverRecord, IdKind, Metadata, Module, Record,
-    SCHEMA_VERSION, Settings, Tenant, Trigger, User, Zone,
+    ApiKey, AuditEntry, ControlSystem, DriverRecord, IdKind, IdentityProvider, Metadata, Module,
+    Record, SCHEMA_VERSION, Session, Settings, SigningKey, Tenant, Trigger, User, Zone,
 };
 use serde_json::Value;
 
@@ -83,6 +83,9 @@ pub fn doc_from_body(kind: IdKind, body: Value, deleted_at: Option<i64>) -> Resu
         IdKind::Trigger => typed::<Trigger>(body, deleted_at),
         IdKind::Metadata => typed::<Metadata>(body, deleted_at),
         IdKind::Audit => typed::<AuditEntry>(body, deleted_at),
+        IdKind::Session => typed::<Session>(body, deleted_at),
+        IdKind::IdentityProvider => typed::<IdentityProvider>(body, deleted_at),
+        IdKind::SigningKey => typed::<SigningKey>(body, deleted_at),
     }
 }
 

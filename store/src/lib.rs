@@ -23,7 +23,7 @@ pub use backup::{BackupSummary, RestoreError, check_backup, restore, write_backu
 pub use couchbase::{CouchbaseConfig, CouchbaseStore};
 pub use doc::{doc_from_body, migrate_doc};
 pub use embedded::EmbeddedStore;
-pub use typed::{Actor, ErasedRecord, ListOptions, ListPage, StoreExt, purge_expired};
+pub use typed::{Actor, ErasedRecord, Event, ListOptions, ListPage, StoreExt, purge_expired};
 
 use lintel_model::{AuditAction, IdKind};
 use serde_json::Value;

@@ -100,6 +100,17 @@ fn audit_entry(
     Ok(Write::Insert(encode(&entry, None)?))
 }
 
+/// An audited event that is not a record change: who, what happened, to which record,
+/// and details (never secrets).
+pub struct Event<'a> {
+    pub actor: &'a Actor,
+    pub action: AuditAction,
+    pub kind: IdKind,
+    /// The record concerned, or `unknown` (a sign-in with an unknown user name).
+    pub record_id: &'a str,
+    pub details: Value,
+}
+
 /// The writes of one audited change: replace the record (CAS on `expected`, the new
 /// version is `record.version()`) and record the audit entry.
 fn audited_replace<R: Record>(
@@ -110,23 +121,23 @@ fn audited_replace<R: Record>(
     deleted_at: Option<i64>,
     expected: u64,
 ) -> Result<Vec<Write>> {
-    let after = deleted_at.is_none().then_some(record);
-    let audit = audit_write(
-        actor,
-        action,
-        before,
-        after,
-        record.version(),
-        record.tenant_id(),
-        record.id(),
-    )?;
-    Ok(vec![
-        Write::Replace {
-            doc: encode(record, deleted_at)?,
-            expected_version: expected,
-        },
-        audit,
-    ])
+    let mut writes = vec![Write::Replace {
+        doc: encode(record, deleted_at)?,
+        expected_version: expected,
+    }];
+    if R::KIND.audited() {
+        let after = deleted_at.is_none().then_some(record);
+        writes.push(audit_write(
+            actor,
+            action,
+            before,
+            after,
+            record.version(),
+            record.tenant_id(),
+            record.id(),
+        )?);
+    }
+    Ok(writes)
 }
 
 fn page_of<R: Record>(page: crate::Page) -> Result<ListPage<R>> {
@@ -258,7 +269,7 @@ pub trait StoreExt: Store {
             r.prepare_insert()?;
             let doc = r.to_doc()?;
             writes.push(Write::Insert(doc.clone()));
-            writes.push(r.audit(actor)?);
+            writes.extend(r.audit(actor)?);
             docs.push(doc);
         }
         self.commit(writes).await?;
@@ -284,6 +295,36 @@ pub trait StoreExt: Store {
         )?;
         self.commit(writes).await?;
         Ok(record)
+    }
+
+    /// Replace a record like [`update`](Self::update) but without an audit entry: for
+    /// bookkeeping that is not configuration (an API key's last-used time). CAS applies.
+    async fn update_bookkeeping<R: Record>(&self, mut record: R) -> Result<R> {
+        record.validate()?;
+        let expected = record.version();
+        record.set_version(expected + 1);
+        record.set_updated_at(now_unix());
+        self.commit(vec![Write::Replace {
+            doc: encode(&record, None)?,
+            expected_version: expected,
+        }])
+        .await?;
+        Ok(record)
+    }
+
+    /// Record an event that is not a record change (a sign-in, a failed sign-in, a
+    /// revoked session) in the tenant's audit trail.
+    async fn record_event(&self, tenant_id: &str, event: Event<'_>) -> Result<()> {
+        let write = audit_entry(
+            event.actor,
+            event.action,
+            event.kind,
+            tenant_id,
+            event.record_id,
+            0,
+            event.details,
+        )?;
+        self.commit(vec![write]).await
     }
 
     /// Soft delete: the record becomes a tombstone, hidden from reads and listings and
@@ -372,11 +413,13 @@ pub async fn purge_expired<S: Store + ?Sized>(store: &S, cutoff: i64) -> Result<
                         id: doc.id.clone(),
                         expected_version: doc.version,
                     });
-                    writes.push(purge_audit(doc)?);
+                    if kind.audited() {
+                        writes.push(purge_audit(doc)?);
+                    }
+                    purged += 1;
                 }
             }
             if !writes.is_empty() {
-                purged += writes.len() / 2;
                 store.commit(writes).await?;
             }
             match page.next {
@@ -404,7 +447,7 @@ fn purge_audit(doc: &Doc) -> Result<Write> {
 pub trait ErasedRecord: Send {
     fn prepare_insert(&mut self) -> Result<()>;
     fn to_doc(&self) -> Result<Doc>;
-    fn audit(&self, actor: &Actor) -> Result<Write>;
+    fn audit(&self, actor: &Actor) -> Result<Option<Write>>;
 }
 
 impl<R: Record> ErasedRecord for R {
@@ -421,11 +464,14 @@ impl<R: Record> ErasedRecord for R {
     fn to_doc(&self) -> Result<Doc> {
         encode(self, None)
     }
-    fn audit(&self, actor: &Actor) -> Result<Write> {
+    fn audit(&self, actor: &Actor) -> Result<Option<Write>> {
         if R::KIND == IdKind::Audit {
             return Err(StoreError::BadQuery(
                 "audit entries are written by the store, not created directly".into(),
             ));
+        }
+        if !R::KIND.audited() {
+            return Ok(None);
         }
         audit_write(
             actor,
@@ -436,5 +482,6 @@ impl<R: Record> ErasedRecord for R {
             self.tenant_id(),
             self.id(),
         )
+        .map(Some)
     }
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_lintel");
 pub const PASSWORD: &str = "e2e-admin-password-1234";
 pub const ADMIN: &str = "admin@lintel.local";
+/// The master keyring the tests run with (a key made for them; never use it elsewhere).
+pub const MASTER_KEY: &str = "lk-e2e-test:QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=";
 
 /// A running `lintel serve`.
 pub struct Lintel {
@@ -32,6 +34,7 @@ pub fn command(data_dir: &Path) -> Command {
         .env("LINTEL_DATA_DIR", data_dir)
         .env("LINTEL_HTTP__PORT", "0")
         .env("LINTEL_LOG__FORMAT", "json")
+        .env("LINTEL_SECRETS__MASTER_KEY", MASTER_KEY)
         .current_dir(std::env::temp_dir());
     cmd
 }

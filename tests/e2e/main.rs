@@ -1,7 +1,10 @@
 //! End-to-end tier: the real `lintel` binary, started on a free port with a temporary data
 //! directory, driven over HTTP like a user or a BI tool would.
 
+mod auth;
 mod backup;
 mod bad_input;
 mod harness;
+mod idp;
+mod secrets;
 mod serve;

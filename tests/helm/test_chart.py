@@ -70,11 +70,19 @@ COUCHBASE_VALUES: dict[str, Any] = {
     },
 }
 
+# Every install names the Secret holding its master keyring (there is no default key).
+MASTER_KEY: dict[str, Any] = {"masterKey": {"existingSecret": "lintel-master-key"}}
+
+
+def with_master_key(values: dict[str, Any]) -> dict[str, Any]:
+    return {**MASTER_KEY, **values}
+
+
 SCENARIOS = {
-    "defaults": {},
-    "couchbase": COUCHBASE_VALUES,
-    "ingress+existing-secret+config": EXISTING_SECRET_VALUES,
-    "password-value": VALUE_PASSWORD_VALUES,
+    "defaults": with_master_key({}),
+    "couchbase": with_master_key(COUCHBASE_VALUES),
+    "ingress+existing-secret+config": with_master_key(EXISTING_SECRET_VALUES),
+    "password-value": with_master_key(VALUE_PASSWORD_VALUES),
 }
 
 
@@ -134,7 +142,8 @@ class Rendered:
 
 
 def render(chart, values: dict[str, Any] | None = None, name: str = RELEASE) -> Rendered:
-    return Rendered(chart.render(copy.deepcopy(values or {}), name=name, namespace="bms"))
+    values = with_master_key(copy.deepcopy(values or {}))
+    return Rendered(chart.render(values, name=name, namespace="bms"))
 
 
 def strip(doc: dict[str, Any]) -> dict[str, Any]:
@@ -222,6 +231,7 @@ def test_container_basics(chart):
         "LINTEL_HTTP__PORT": "8080",
         "LINTEL_DATA_DIR": "/var/lib/lintel",
         "LINTEL_LOG__FORMAT": "json",
+        "LINTEL_SECRETS__MASTER_KEY_FILE": "/run/secrets/master-key/master.key",
         "LINTEL_STORE__BACKEND": "embedded",
     }
     assert c["resources"] == {
@@ -353,8 +363,22 @@ def test_password_value_creates_secret(chart):
     assert PASSWORD not in r.one("ConfigMap")["data"]["lintel.toml"]
 
 
+def test_master_key_is_required_and_mounted_from_its_secret(chart):
+    with pytest.raises(helm_python.HelmRenderError, match="masterKey.existingSecret is required"):
+        chart.render({}, name=RELEASE)
+    r = render(chart, {"masterKey": {"existingSecret": "mk", "existingSecretKey": "keyring"}})
+    assert r.env["LINTEL_SECRETS__MASTER_KEY_FILE"] == "/run/secrets/master-key/master.key"
+    vol = next(v for v in r.pod["volumes"] if v["name"] == "master-key")
+    assert vol["secret"]["secretName"] == "mk"
+    assert vol["secret"]["items"] == [{"key": "keyring", "path": "master.key"}]
+    mounts = {m["name"]: m for m in r.container["volumeMounts"]}
+    assert mounts["master-key"]["readOnly"] is True
+    # The key itself is never in the chart's output.
+    assert r.kind("Secret") == []
+
+
 def test_both_password_sources_fail(chart):
-    values = {"adminPassword": {"value": PASSWORD, "existingSecret": "x"}}
+    values = {**MASTER_KEY, "adminPassword": {"value": PASSWORD, "existingSecret": "x"}}
     with pytest.raises(helm_python.HelmRenderError, match="not both"):
         chart.render(values, name=RELEASE)
 

@@ -1,0 +1,720 @@
+//! Configuration resources under `/api/engine/v2`: list, create, show, update (merge, with
+//! `version` for optimistic locking) and delete, always inside the caller's tenant (another
+//! tenant's ids answer 404, like missing ones). What each kind adds (sealing secrets,
+//! hashing passwords, redacting what a role may not read) is in its [`ApiResource`] impl.
+
+use crate::auth::Authenticated;
+use crate::routes::{list_options, paged};
+use crate::{ApiError, AppState};
+use actix_web::{HttpResponse, web};
+use lintel_auth::policy::{self, may_read_setting};
+use lintel_auth::{NewApiKey, Principal, SealContext};
+use lintel_model::{
+    ApiKey, ControlSystem, DriverRecord, EncryptionLevel, IdKind, IdentityProvider, Metadata,
+    Module, REDACTED, Record, Role, Settings, SettingsBody, Tenant, Trigger, User, Zone, new_id,
+};
+use lintel_store::StoreExt;
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+/// Fields the server owns: a request may repeat their current value, never change it.
+const SERVER_FIELDS: [&str; 4] = ["id", "tenant_id", "created_at", "updated_at"];
+
+/// A record kind served as a REST resource.
+pub trait ApiResource: Record {
+    /// `?filter=` query parameters → store index names.
+    const FILTERS: &'static [(&'static str, &'static str)] = &[];
+
+    /// The record as the caller may see it.
+    fn view(&self, _state: &AppState, _p: &Principal) -> Result<Value> {
+        Ok(self.redacted())
+    }
+
+    /// Turn a request body (merged over the current record's view for an update) into
+    /// the record to store; `current` is `None` on create.
+    fn from_input(
+        input: Map<String, Value>,
+        _current: Option<&Self>,
+        _state: &AppState,
+        _p: &Principal,
+    ) -> Result<Self> {
+        from_map(input)
+    }
+}
+
+fn from_map<R: serde::de::DeserializeOwned>(input: Map<String, Value>) -> Result<R> {
+    serde_json::from_value(Value::Object(input))
+        .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+}
+
+fn body_object(body: &web::Bytes) -> Result<Map<String, Value>> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        )),
+        Err(e) => Err(ApiError::BadRequest(format!("malformed JSON: {e}"))),
+    }
+}
+
+fn not_found<R: Record>(id: &str) -> ApiError {
+    ApiError::NotFound(format!("{} `{id}` not found", R::KIND))
+}
+
+async fn load<R: ApiResource>(state: &AppState, p: &Principal, id: &str) -> Result<R> {
+    if !R::KIND.is_valid_id(id) {
+        return Err(not_found::<R>(id));
+    }
+    state
+        .store
+        .get::<R>(&p.tenant_id, id)
+        .await?
+        .ok_or_else(|| not_found::<R>(id))
+}
+
+pub async fn list<R: ApiResource>(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    params: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse> {
+    let mut opts = list_options(&params)?;
+    if let Some((param, index)) = R::FILTERS.iter().find(|(q, _)| params.contains_key(*q)) {
+        opts.index = Some((index.to_string(), params[*param].clone()));
+    }
+    let page = state.store.list::<R>(&p.tenant_id, opts).await?;
+    let items = page
+        .items
+        .iter()
+        .map(|r| r.view(&state, &p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(paged(page.total, page.next.as_deref()).json(items))
+}
+
+pub async fn show<R: ApiResource>(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let record: R = load(&state, &p, &id).await?;
+    Ok(HttpResponse::Ok().json(record.view(&state, &p)?))
+}
+
+pub async fn create<R: ApiResource>(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let input = new_input::<R>(&body, &p)?;
+    let record = R::from_input(input, None, &state, &p)?;
+    let created = state.store.create(&p.actor(), record).await?;
+    Ok(HttpResponse::Created().json(created.view(&state, &p)?))
+}
+
+/// The current record with a PATCH body applied: `version`, if given, must be current
+/// (else 409); server-owned fields may not change.
+fn merge<R: Record>(current: &R, changes: Map<String, Value>) -> Result<Map<String, Value>> {
+    let mut merged = match serde_json::to_value(current) {
+        Ok(Value::Object(m)) => m,
+        _ => return Err(ApiError::Internal("record is not an object".into())),
+    };
+    for (k, v) in changes {
+        if k == "version" {
+            match v.as_u64() {
+                Some(v) if v == current.version() => {}
+                Some(v) => {
+                    return Err(ApiError::Conflict(format!(
+                        "version {v} is stale: the record is at version {}",
+                        current.version()
+                    )));
+                }
+                None => return Err(ApiError::BadRequest("`version` must be a number".into())),
+            }
+            continue;
+        }
+        if SERVER_FIELDS.contains(&k.as_str()) {
+            if merged.get(&k) != Some(&v) {
+                return Err(ApiError::BadRequest(format!("`{k}` cannot be changed")));
+            }
+            continue;
+        }
+        merged.insert(k, v);
+    }
+    Ok(merged)
+}
+
+/// A create body with the server's fields filled in (and refused if the caller set them).
+fn new_input<R: Record>(body: &web::Bytes, p: &Principal) -> Result<Map<String, Value>> {
+    let mut input = body_object(body)?;
+    for f in SERVER_FIELDS.iter().chain(&["version"]) {
+        if input.remove(*f).is_some_and(|v| !v.is_null()) {
+            return Err(ApiError::BadRequest(format!("`{f}` is set by the server")));
+        }
+    }
+    input.insert("id".into(), Value::String(new_id(R::KIND)));
+    input.insert("tenant_id".into(), Value::String(p.tenant_id.clone()));
+    Ok(input)
+}
+
+pub async fn update<R: ApiResource>(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let current: R = load(&state, &p, &id).await?;
+    let merged = merge(&current, body_object(&body)?)?;
+    let record = R::from_input(merged, Some(&current), &state, &p)?;
+    let updated = state.store.update(&p.actor(), record).await?;
+    Ok(HttpResponse::Ok().json(updated.view(&state, &p)?))
+}
+
+pub async fn delete<R: ApiResource>(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let record: R = load(&state, &p, &id).await?;
+    state
+        .store
+        .delete::<R>(&p.actor(), &p.tenant_id, record.id(), None)
+        .await?;
+    Ok(HttpResponse::Accepted().finish())
+}
+
+impl ApiResource for Zone {
+    const FILTERS: &'static [(&'static str, &'static str)] =
+        &[("parent_id", "parent"), ("tags", "tag")];
+}
+impl ApiResource for ControlSystem {
+    const FILTERS: &'static [(&'static str, &'static str)] =
+        &[("zone_id", "zone"), ("module_id", "module")];
+}
+impl ApiResource for Module {
+    const FILTERS: &'static [(&'static str, &'static str)] =
+        &[("control_system_id", "system"), ("driver_id", "driver")];
+}
+impl ApiResource for DriverRecord {}
+impl ApiResource for Metadata {
+    const FILTERS: &'static [(&'static str, &'static str)] = &[("parent_id", "parent")];
+}
+impl ApiResource for Trigger {
+    const FILTERS: &'static [(&'static str, &'static str)] = &[("control_system_id", "system")];
+}
+
+/// The settings value a role may see: plain, opened, or `"<redacted>"`.
+fn setting_value(state: &AppState, s: &Settings, role: Role) -> Result<Value> {
+    match &s.body {
+        SettingsBody::Plain(v) => Ok(v.clone()),
+        SettingsBody::Sealed(_) if !may_read_setting(role, s.encryption_level) => {
+            Ok(Value::String(REDACTED.into()))
+        }
+        SettingsBody::Sealed(sealed) => Ok(state.keyring.current().open_json(
+            &SealContext {
+                tenant_id: &s.tenant_id,
+                record_id: &s.id,
+                field: "body",
+            },
+            sealed,
+        )?),
+    }
+}
+
+impl ApiResource for Settings {
+    const FILTERS: &'static [(&'static str, &'static str)] = &[("parent_id", "parent")];
+
+    /// `value` is the settings object, or `"<redacted>"` when the caller's role may not
+    /// read its encryption level back.
+    fn view(&self, state: &AppState, p: &Principal) -> Result<Value> {
+        let role = p.role().unwrap_or(Role::Staff);
+        Ok(json!({
+            "id": self.id,
+            "tenant_id": self.tenant_id,
+            "parent_id": self.parent_id,
+            "encryption_level": self.encryption_level,
+            "value": setting_value(state, self, role)?,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "version": self.version,
+        }))
+    }
+
+    /// `{parent_id, encryption_level, value}`: the value is sealed unless the level is
+    /// `none`. An update that leaves `value` as `"<redacted>"` keeps the stored value.
+    fn from_input(
+        mut input: Map<String, Value>,
+        current: Option<&Self>,
+        state: &AppState,
+        p: &Principal,
+    ) -> Result<Self> {
+        let level: EncryptionLevel = match input.remove("encryption_level") {
+            None | Some(Value::Null) => current.map(|c| c.encryption_level).unwrap_or_default(),
+            Some(v) => serde_json::from_value(v).map_err(|_| {
+                ApiError::BadRequest(
+                    "`encryption_level` must be none, support, admin or never_display".into(),
+                )
+            })?,
+        };
+        let role = p.role().unwrap_or(Role::Staff);
+        // Nobody may write a level they could not read back (never_display: admins).
+        let may_write = match level {
+            EncryptionLevel::NeverDisplay => role >= Role::Admin,
+            l => may_read_setting(role, l),
+        };
+        if !may_write {
+            return Err(ApiError::Forbidden(format!(
+                "your role may not write settings at level `{}`",
+                serde_json::to_value(level)
+                    .unwrap_or_default()
+                    .as_str()
+                    .unwrap_or("?")
+            )));
+        }
+        let value = input.remove("value");
+        let id = input
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let tenant_id = p.tenant_id.clone();
+        let body = match (value, current) {
+            (Some(Value::String(s)), Some(c)) if s == REDACTED => {
+                if c.encryption_level != level {
+                    return Err(ApiError::BadRequest(
+                        "changing `encryption_level` needs the `value` too".into(),
+                    ));
+                }
+                c.body.clone()
+            }
+            (None, Some(c)) if c.encryption_level == level => c.body.clone(),
+            (None, Some(_)) => {
+                return Err(ApiError::BadRequest(
+                    "changing `encryption_level` needs the `value` too".into(),
+                ));
+            }
+            (None, None) => return Err(ApiError::BadRequest("`value` is required".into())),
+            (Some(v), _) if !v.is_object() => {
+                return Err(ApiError::BadRequest("`value` must be a JSON object".into()));
+            }
+            (Some(v), _) if level == EncryptionLevel::None => SettingsBody::Plain(v),
+            (Some(v), _) => SettingsBody::Sealed(state.keyring.current().seal_json(
+                &SealContext {
+                    tenant_id: &tenant_id,
+                    record_id: &id,
+                    field: "body",
+                },
+                &v,
+            )?),
+        };
+        input.insert(
+            "encryption_level".into(),
+            serde_json::to_value(level).unwrap_or_default(),
+        );
+        input.insert(
+            "body".into(),
+            serde_json::to_value(&body).map_err(|e| ApiError::Internal(e.to_string()))?,
+        );
+        from_map(input)
+    }
+}
+
+/// Roles a caller may hand out: never above their own.
+fn check_grantable(p: &Principal, roles: &[Role]) -> Result<()> {
+    let mine = p.role().unwrap_or(Role::Staff);
+    match roles.iter().find(|r| **r > mine) {
+        Some(r) => Err(ApiError::Forbidden(format!(
+            "you may not grant the role `{}`",
+            serde_json::to_value(r)
+                .unwrap_or_default()
+                .as_str()
+                .unwrap_or("?")
+        ))),
+        None => Ok(()),
+    }
+}
+
+impl ApiResource for User {
+    const FILTERS: &'static [(&'static str, &'static str)] = &[("email", "email")];
+
+    fn view(&self, _state: &AppState, _p: &Principal) -> Result<Value> {
+        let mut v = self.redacted();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("password_hash");
+            m.insert(
+                "has_password".into(),
+                Value::Bool(self.password_hash.is_some()),
+            );
+        }
+        Ok(v)
+    }
+
+    /// `password` (write only) is hashed; roles above the caller's are refused.
+    fn from_input(
+        mut input: Map<String, Value>,
+        current: Option<&Self>,
+        _state: &AppState,
+        p: &Principal,
+    ) -> Result<Self> {
+        input.remove("has_password");
+        // Hashes are never written directly: `password` is hashed by the handler.
+        input.remove("password_hash");
+        let mut user: User = from_map(input)?;
+        user.password_hash = current.and_then(|c| c.password_hash.clone());
+        if current.is_none_or(|c| c.roles != user.roles) {
+            check_grantable(p, &user.roles)?;
+            if let Some(c) = current {
+                check_grantable(p, &c.roles)?;
+            }
+        }
+        Ok(user)
+    }
+}
+
+/// `POST /users` and `PATCH /users/:id` accept `password` (write only), hashed here with
+/// scrypt (bounded concurrency).
+async fn take_password(state: &AppState, input: &mut Map<String, Value>) -> Result<Option<String>> {
+    match input.remove("password") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(pw)) => {
+            if pw.chars().count() < 12 || pw.len() > lintel_auth::MAX_PASSWORD_BYTES {
+                return Err(ApiError::BadRequest(format!(
+                    "`password` must be 12 characters to {} bytes",
+                    lintel_auth::MAX_PASSWORD_BYTES
+                )));
+            }
+            Ok(Some(state.passwords.hash(&pw).await?))
+        }
+        Some(_) => Err(ApiError::BadRequest("`password` must be a string".into())),
+    }
+}
+
+/// Email addresses are unique within a tenant (case-insensitively): sign-in and
+/// single-sign-on linking find users by them.
+async fn check_email_free(state: &AppState, p: &Principal, user: &User) -> Result<()> {
+    let same: Vec<User> = state
+        .store
+        .list_all(
+            &p.tenant_id,
+            lintel_store::ListOptions::by("email", &user.email.to_ascii_lowercase()),
+        )
+        .await?;
+    if same.iter().any(|u| u.id != user.id) {
+        return Err(ApiError::Conflict(format!(
+            "another user already has the email `{}`",
+            user.email
+        )));
+    }
+    Ok(())
+}
+
+pub async fn create_user(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let mut input = new_input::<User>(&body, &p)?;
+    let hash = take_password(&state, &mut input).await?;
+    let mut user = User::from_input(input, None, &state, &p)?;
+    user.password_hash = hash;
+    check_email_free(&state, &p, &user).await?;
+    let created = state.store.create(&p.actor(), user).await?;
+    Ok(HttpResponse::Created().json(created.view(&state, &p)?))
+}
+
+/// Changing a password or disabling a user ends their sessions.
+pub async fn update_user(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let current: User = load(&state, &p, &id).await?;
+    check_grantable(&p, &current.roles)?;
+    let mut changes = body_object(&body)?;
+    let hash = take_password(&state, &mut changes).await?;
+    let merged = merge(&current, changes)?;
+    let mut user = User::from_input(merged, Some(&current), &state, &p)?;
+    let password_changed = hash.is_some();
+    if hash.is_some() {
+        user.password_hash = hash;
+    }
+    if !user.email.eq_ignore_ascii_case(&current.email) {
+        check_email_free(&state, &p, &user).await?;
+    }
+    let disabled = user.disabled && !current.disabled;
+    let updated = state.store.update(&p.actor(), user).await?;
+    if password_changed || disabled {
+        state
+            .sessions
+            .revoke_all(
+                &p.tenant_id,
+                &updated.id,
+                "password changed or account disabled",
+            )
+            .await?;
+    }
+    Ok(HttpResponse::Ok().json(updated.view(&state, &p)?))
+}
+
+pub async fn current_user(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+) -> Result<HttpResponse> {
+    if !IdKind::User.is_valid_id(&p.user_id) {
+        return Err(ApiError::NotFound("this API key acts for no user".into()));
+    }
+    let user: User = state
+        .store
+        .get(&p.tenant_id, &p.user_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("user not found".into()))?;
+    Ok(HttpResponse::Ok().json(user.view(&state, &p)?))
+}
+
+impl ApiResource for ApiKey {
+    const FILTERS: &'static [(&'static str, &'static str)] = &[("user_id", "user")];
+
+    fn view(&self, _state: &AppState, _p: &Principal) -> Result<Value> {
+        let mut v = self.redacted();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("secret_hash");
+        }
+        Ok(v)
+    }
+
+    /// Name, description and scopes may change; the role only downwards to a grantable
+    /// one; the secret never.
+    fn from_input(
+        mut input: Map<String, Value>,
+        current: Option<&Self>,
+        _state: &AppState,
+        p: &Principal,
+    ) -> Result<Self> {
+        let Some(current) = current else {
+            return Err(ApiError::Internal(
+                "API keys are created by create_api_key".into(),
+            ));
+        };
+        input.insert(
+            "secret_hash".into(),
+            Value::String(current.secret_hash.clone()),
+        );
+        let key: ApiKey = from_map(input)?;
+        if key.revoked_at != current.revoked_at || key.last_used_at != current.last_used_at {
+            return Err(ApiError::BadRequest(
+                "`revoked_at` and `last_used_at` are set by the server (DELETE revokes)".into(),
+            ));
+        }
+        check_grantable(p, &[key.role])?;
+        check_scopes(&key.scopes)?;
+        Ok(key)
+    }
+}
+
+fn check_scopes(scopes: &[String]) -> Result<()> {
+    match scopes.iter().find(|s| !policy::is_known_scope(s)) {
+        Some(s) => Err(ApiError::BadRequest(format!(
+            "unknown scope `{s}` (use `<resource>` or `<resource>.read|write`)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKeyBody {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    role: Option<Role>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    expires_at: Option<i64>,
+    /// Act for this user (audit actor; the key never outranks them). Default: the caller.
+    #[serde(default)]
+    user_id: Option<String>,
+}
+
+/// `POST /api_keys`: the secret is in this response only (`x_api_key`).
+pub async fn create_api_key(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let b: NewKeyBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
+    let role = b.role.unwrap_or(Role::Staff);
+    check_grantable(&p, &[role])?;
+    check_scopes(&b.scopes)?;
+    let user_id = match b.user_id {
+        Some(u) => {
+            load::<User>(&state, &p, &u).await?;
+            Some(u)
+        }
+        None => IdKind::User
+            .is_valid_id(&p.user_id)
+            .then(|| p.user_id.clone()),
+    };
+    let (key, secret) = state
+        .api_keys
+        .create(
+            &p.actor(),
+            &p.tenant_id,
+            NewApiKey {
+                name: b.name,
+                description: b.description,
+                user_id,
+                role,
+                scopes: b.scopes,
+                expires_at: b.expires_at,
+            },
+        )
+        .await?;
+    let mut v = key.view(&state, &p)?;
+    v["x_api_key"] = Value::String(secret);
+    Ok(HttpResponse::Created()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(v))
+}
+
+/// `DELETE /api_keys/:id`: revoke (it stops working at once), then remove.
+pub async fn delete_api_key(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let key: ApiKey = load(&state, &p, &id).await?;
+    state
+        .api_keys
+        .revoke(&p.actor(), &p.tenant_id, &key.id)
+        .await?;
+    state
+        .store
+        .delete::<ApiKey>(&p.actor(), &p.tenant_id, &key.id, None)
+        .await?;
+    Ok(HttpResponse::Accepted().finish())
+}
+
+impl ApiResource for IdentityProvider {
+    fn view(&self, _state: &AppState, _p: &Principal) -> Result<Value> {
+        let mut v = self.redacted();
+        v["client_secret"] = Value::Bool(self.client_secret.is_some());
+        Ok(v)
+    }
+
+    /// `client_secret`: a string to seal, `true`/absent to keep, `null`/`false` to clear.
+    fn from_input(
+        mut input: Map<String, Value>,
+        current: Option<&Self>,
+        state: &AppState,
+        _p: &Principal,
+    ) -> Result<Self> {
+        let secret = input.remove("client_secret");
+        let mut idp: IdentityProvider = from_map(input)?;
+        idp.client_secret = match secret {
+            Some(Value::String(s)) => {
+                if s.is_empty() || s.len() > 4096 {
+                    return Err(ApiError::BadRequest(
+                        "`client_secret` must be 1–4096 bytes".into(),
+                    ));
+                }
+                Some(state.oidc.seal_client_secret(&idp, &s)?)
+            }
+            None | Some(Value::Bool(true)) => current.and_then(|c| c.client_secret.clone()),
+            Some(Value::Null) | Some(Value::Bool(false)) => None,
+            Some(_) => {
+                return Err(ApiError::BadRequest(
+                    "`client_secret` must be a string".into(),
+                ));
+            }
+        };
+        Ok(idp)
+    }
+}
+
+/// `GET /tenants`: sysadmins see every tenant; others their own.
+pub async fn list_tenants(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    params: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse> {
+    let opts = list_options(&params)?;
+    if p.role() == Some(Role::Sysadmin) {
+        let page = state.store.list_scoped::<Tenant>(None, opts).await?;
+        return Ok(paged(page.total, page.next.as_deref()).json(page.items));
+    }
+    let own: Tenant = state.store.require(&p.tenant_id, &p.tenant_id).await?;
+    Ok(paged(1, None).json([own]))
+}
+
+/// `GET /tenants/:id`: a tenant other than the caller's is a 404 unless they are sysadmin.
+pub async fn show_tenant(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    if *id != p.tenant_id && p.role() != Some(Role::Sysadmin) || !IdKind::Tenant.is_valid_id(&id) {
+        return Err(not_found::<Tenant>(&id));
+    }
+    let t: Tenant = state
+        .store
+        .get(&id, &id)
+        .await?
+        .ok_or_else(|| not_found::<Tenant>(&id))?;
+    Ok(HttpResponse::Ok().json(t))
+}
+
+/// `POST /tenants` (sysadmin): a new tenant, owning itself.
+pub async fn create_tenant(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    body: web::Bytes,
+) -> Result<HttpResponse> {
+    let mut input = body_object(&body)?;
+    let id = new_id(IdKind::Tenant);
+    input.insert("id".into(), Value::String(id));
+    let tenant: Tenant = from_map(input)?;
+    if crate::auth::tenant_by_domain(&state, &tenant.domain)
+        .await?
+        .is_some()
+    {
+        return Err(ApiError::Conflict(format!(
+            "domain `{}` belongs to another tenant",
+            tenant.domain
+        )));
+    }
+    let created = state.store.create(&p.actor(), tenant).await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+/// `GET /audit` (`?record_id=`): the tenant's audit trail, oldest first.
+pub async fn audit(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    params: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse> {
+    let opts = list_options(&params)?;
+    let page = state
+        .store
+        .audit_log(
+            &p.tenant_id,
+            params.get("record_id").map(String::as_str),
+            opts.after,
+            opts.limit,
+        )
+        .await?;
+    Ok(paged(page.total, page.next.as_deref()).json(page.items))
+}
+
+/// Every generic resource's routes, for [`crate::routes::configure`].
+pub fn crud<R: ApiResource>(cfg: &mut web::ServiceConfig, path: &str) {
+    cfg.route(path, web::get().to(list::<R>))
+        .route(path, web::post().to(create::<R>))
+        .route(&format!("{path}/{{id}}"), web::get().to(show::<R>))
+        .route(&format!("{path}/{{id}}"), web::patch().to(update::<R>))
+        .route(&format!("{path}/{{id}}"), web::put().to(update::<R>))
+        .route(&format!("{path}/{{id}}"), web::delete().to(delete::<R>));
+}
