@@ -712,8 +712,55 @@ fn another_tenants_records_answer_404() {
     assert_eq!(r.status, 201, "{}", r.text);
     let setting = r.json()["id"].as_str().unwrap().to_string();
     let user = create_user(&l, &root, None, "someone@lintel.local", "staff");
+    // One record of every other kind, too.
+    let sys = first_system(&l, &root);
+    let modules = get(&l, &root, &format!("{V2}/modules?control_system_id={sys}")).json();
+    let module = modules[0]["id"].as_str().unwrap().to_string();
+    let driver = modules[0]["driver_id"].as_str().unwrap().to_string();
+    let mut created = Vec::new();
+    for (kind, body) in [
+        (
+            "metadata",
+            json!({"name": "md", "parent_id": sys, "details": {}}),
+        ),
+        ("triggers", json!({"name": "t"})),
+        (
+            "identity_providers",
+            json!({"name": "idp", "issuer": "https://idp.example", "client_id": "c"}),
+        ),
+        ("api_keys", json!({"name": "k", "role": "staff"})),
+    ] {
+        let r = post(&l, &root, &format!("{V2}/{kind}"), body);
+        assert_eq!(r.status, 201, "{kind}: {}", r.text);
+        created.push((kind, r.json()["id"].as_str().unwrap().to_string()));
+    }
+    // Live state and control of A's system: not found for B.
+    for (method, path) in [
+        (Method::GET, format!("{V2}/systems/{sys}/Display_1")),
+        (Method::GET, format!("{V2}/systems/{sys}/Display_1/power")),
+        (Method::POST, format!("{V2}/systems/{sys}/Display_1/power")),
+    ] {
+        let r = call(
+            &l,
+            method.clone(),
+            &path,
+            Cred::Bearer(&b),
+            Some(&json!([true])),
+            None,
+        );
+        assert_error(&r, 404, "not_found", &format!("B {method} {path}"));
+    }
 
-    for (kind, id) in [("zones", &zone), ("settings", &setting), ("users", &user)] {
+    let mut every = vec![
+        ("zones", zone.clone()),
+        ("settings", setting.clone()),
+        ("users", user.clone()),
+        ("systems", sys.clone()),
+        ("modules", module),
+        ("drivers", driver),
+    ];
+    every.extend(created);
+    for (kind, id) in &every {
         let path = format!("{V2}/{kind}/{id}");
         assert_error(
             &get(&l, &b, &path),
