@@ -418,7 +418,8 @@ async fn password_grant(
     let user = match (user, verified) {
         (Some(u), Ok(v)) if !u.disabled && u.password_hash.is_some() => {
             if v.needs_rehash {
-                upgrade_hash(state, &u, &password).await;
+                lintel_auth::upgrade_password_hash(&state.store, &state.passwords, &u, &password)
+                    .await;
             }
             u
         }
@@ -458,23 +459,6 @@ async fn password_grant(
     sign_in_event(state, &tenant.id, Some(&user.id), true, "password", client).await;
     tracing::info!(tenant = %tenant.id, user = %user.id, "sign-in succeeded");
     token_response(state, &tenant, &user, &session.id, &refresh).await
-}
-
-/// Re-hash a password whose stored parameters are not the current ones (after a
-/// successful sign-in, the only time the password is known).
-async fn upgrade_hash(state: &AppState, user: &User, password: &str) {
-    let upgraded = async {
-        let mut u = user.clone();
-        u.password_hash = Some(state.passwords.hash(password).await?);
-        state.store.update_bookkeeping(u).await?;
-        Ok::<_, ApiError>(())
-    };
-    match upgraded.await {
-        Ok(()) => {
-            tracing::info!(user = %user.id, "password hash upgraded to the current parameters")
-        }
-        Err(e) => tracing::warn!(user = %user.id, error = %e, "password hash upgrade failed"),
-    }
 }
 
 /// A sign-in (or refusal) in the tenant's audit trail. Never the password; the user name

@@ -166,6 +166,32 @@ pub fn generate_password(len: usize) -> String {
         .collect()
 }
 
+/// After a successful sign-in (the only time the password is known): re-hash it with the
+/// current parameters and store the new hash. A failed upgrade is logged, not an error:
+/// the sign-in stands, and the next one tries again.
+pub async fn upgrade_password_hash(
+    store: &std::sync::Arc<dyn lintel_store::Store>,
+    hasher: &PasswordHasher,
+    user: &lintel_model::User,
+    password: &str,
+) {
+    use lintel_store::StoreExt;
+    let upgraded = async {
+        let mut u = user.clone();
+        u.password_hash = Some(hasher.hash(password).await?);
+        store
+            .update_bookkeeping(u)
+            .await
+            .map_err(|e| AuthError::Internal(e.to_string()))
+    };
+    match upgraded.await {
+        Ok(_) => {
+            tracing::info!(user = %user.id, "password hash upgraded to the current parameters")
+        }
+        Err(e) => tracing::warn!(user = %user.id, error = %e, "password hash upgrade failed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +403,58 @@ mod tests {
         assert_eq!(a.len(), 24);
         assert_ne!(a, b);
         assert!(a.chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_upgrades_an_old_hash_in_the_store() {
+        use lintel_model::{IdKind, Tenant, User, new_id};
+        use lintel_store::{Actor, EmbeddedStore, Store, StoreExt};
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let tenant = store
+            .create(
+                &Actor::system(),
+                Tenant {
+                    id: new_id(IdKind::Tenant),
+                    name: "T".into(),
+                    domain: "t.example".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let old = PasswordHasher::with_log_n(1, 10);
+        let user = store
+            .create(
+                &Actor::system(),
+                User {
+                    id: new_id(IdKind::User),
+                    tenant_id: tenant.id.clone(),
+                    name: "U".into(),
+                    email: "u@t.example".into(),
+                    password_hash: Some(old.hash("a long passphrase").await.unwrap()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let current = PasswordHasher::with_log_n(1, 11);
+        let v = current
+            .verify("a long passphrase", user.password_hash.as_deref().unwrap())
+            .await
+            .unwrap();
+        assert!(v.needs_rehash);
+        upgrade_password_hash(&store, &current, &user, "a long passphrase").await;
+        let stored: User = store.require(&tenant.id, &user.id).await.unwrap();
+        let phc = stored.password_hash.unwrap();
+        assert!(phc.starts_with("$scrypt$ln=11,r=8,p=1$"), "{phc}");
+        let v = current.verify("a long passphrase", &phc).await.unwrap();
+        assert!(!v.needs_rehash);
+        // The upgrade is bookkeeping: no audit entry.
+        let log = store
+            .audit_log(&tenant.id, Some(&user.id), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(log.items.len(), 1, "only the creation is audited");
     }
 }
