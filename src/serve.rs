@@ -235,11 +235,7 @@ impl lintel_engine::SettingsOpener for KeyringOpener {
         let lintel_model::SettingsBody::Sealed(sealed) = &s.body else {
             return Err("not sealed".into());
         };
-        let ctx = lintel_auth::SealContext {
-            tenant_id: &s.tenant_id,
-            record_id: &s.id,
-            field: "body",
-        };
+        let ctx = lintel_auth::SealContext::settings_body(&s.tenant_id, &s.id);
         self.0
             .current()
             .open_json(&ctx, sealed)

@@ -210,14 +210,10 @@ fn setting_value(state: &AppState, s: &Settings, role: Role) -> Result<Value> {
         SettingsBody::Sealed(_) if !may_read_setting(role, s.encryption_level) => {
             Ok(Value::String(REDACTED.into()))
         }
-        SettingsBody::Sealed(sealed) => Ok(state.keyring.current().open_json(
-            &SealContext {
-                tenant_id: &s.tenant_id,
-                record_id: &s.id,
-                field: "body",
-            },
-            sealed,
-        )?),
+        SettingsBody::Sealed(sealed) => Ok(state
+            .keyring
+            .current()
+            .open_json(&SealContext::settings_body(&s.tenant_id, &s.id), sealed)?),
     }
 }
 
@@ -298,14 +294,12 @@ impl ApiResource for Settings {
                 return Err(ApiError::BadRequest("`value` must be a JSON object".into()));
             }
             (Some(v), _) if level == EncryptionLevel::None => SettingsBody::Plain(v),
-            (Some(v), _) => SettingsBody::Sealed(state.keyring.current().seal_json(
-                &SealContext {
-                    tenant_id: &tenant_id,
-                    record_id: &id,
-                    field: "body",
-                },
-                &v,
-            )?),
+            (Some(v), _) => SettingsBody::Sealed(
+                state
+                    .keyring
+                    .current()
+                    .seal_json(&SealContext::settings_body(&tenant_id, &id), &v)?,
+            ),
         };
         input.insert(
             "encryption_level".into(),
@@ -392,13 +386,7 @@ async fn take_password(state: &AppState, input: &mut Map<String, Value>) -> Resu
 /// Email addresses are unique within a tenant (case-insensitively): sign-in and
 /// single-sign-on linking find users by them.
 async fn check_email_free(state: &AppState, p: &Principal, user: &User) -> Result<()> {
-    let same: Vec<User> = state
-        .store
-        .list_all(
-            &p.tenant_id,
-            lintel_store::ListOptions::by("email", &user.email.to_ascii_lowercase()),
-        )
-        .await?;
+    let same = lintel_auth::users_by_email(state.store.as_ref(), &p.tenant_id, &user.email).await?;
     if same.iter().any(|u| u.id != user.id) {
         return Err(ApiError::Conflict(format!(
             "another user already has the email `{}`",

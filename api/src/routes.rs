@@ -404,10 +404,7 @@ async fn password_grant(
         .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
     let username = username.to_ascii_lowercase();
     state.limiter.check(&tenant.id, &username, client)?;
-    let users: Vec<User> = state
-        .store
-        .list_all(&tenant.id, ListOptions::by("email", &username))
-        .await?;
+    let users = lintel_auth::users_by_email(state.store.as_ref(), &tenant.id, &username).await?;
     let user = users.into_iter().next();
     // Hash even for an unknown user, so timing does not reveal which emails exist.
     let phc = user

@@ -75,6 +75,23 @@ pub enum AuthError {
     Internal(String),
 }
 
+/// A tenant's users with this email address, compared case-insensitively as the `email`
+/// index stores it (password sign-in, single-sign-on linking and the uniqueness check all
+/// look users up this way).
+pub async fn users_by_email(
+    store: &dyn lintel_store::Store,
+    tenant_id: &str,
+    email: &str,
+) -> Result<Vec<lintel_model::User>, lintel_store::StoreError> {
+    use lintel_store::StoreExt;
+    store
+        .list_all(
+            tenant_id,
+            lintel_store::ListOptions::by("email", &email.to_ascii_lowercase()),
+        )
+        .await
+}
+
 /// How a caller proved who they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
@@ -109,5 +126,31 @@ impl Principal {
             Credential::ApiKey { key_id } => lintel_store::Actor::of(key_id),
             Credential::Token { .. } => lintel_store::Actor::of(&self.user_id),
         }
+    }
+}
+
+/// Test fixtures shared by the crate's store-backed tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use lintel_model::{IdKind, Tenant, new_id};
+    use lintel_store::{Actor, EmbeddedStore, Store, StoreExt};
+    use std::sync::Arc;
+
+    /// An embedded store in a temporary directory (kept alive by the returned guard).
+    pub fn store() -> (tempfile::TempDir, Arc<dyn Store>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        (dir, store)
+    }
+
+    /// A new tenant reached by `domain`.
+    pub async fn tenant(store: &Arc<dyn Store>, domain: &str) -> Tenant {
+        let t = Tenant {
+            id: new_id(IdKind::Tenant),
+            name: domain.into(),
+            domain: domain.into(),
+            ..Default::default()
+        };
+        store.create(&Actor::system(), t).await.unwrap()
     }
 }

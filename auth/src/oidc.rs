@@ -70,12 +70,8 @@ fn flow_ctx<'a>(tenant_id: &'a str, idp_id: &'a str) -> SealContext<'a> {
     }
 }
 
-fn secret_ctx<'a>(idp: &'a IdentityProvider) -> SealContext<'a> {
-    SealContext {
-        tenant_id: &idp.tenant_id,
-        record_id: &idp.id,
-        field: "client_secret",
-    }
+fn secret_ctx(idp: &IdentityProvider) -> SealContext<'_> {
+    SealContext::client_secret(&idp.tenant_id, &idp.id)
 }
 
 impl OidcClient {
@@ -379,11 +375,7 @@ pub async fn provision_user(
     let existing = match linked.into_iter().next() {
         Some(u) => Some(u),
         None => match (&identity.email, identity.email_verified) {
-            (Some(email), true) => store
-                .list_all::<User>(
-                    &idp.tenant_id,
-                    ListOptions::by("email", &email.to_ascii_lowercase()),
-                )
+            (Some(email), true) => crate::users_by_email(store.as_ref(), &idp.tenant_id, email)
                 .await
                 .map_err(internal)?
                 .into_iter()

@@ -407,22 +407,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_sign_in_upgrades_an_old_hash_in_the_store() {
-        use lintel_model::{IdKind, Tenant, User, new_id};
-        use lintel_store::{Actor, EmbeddedStore, Store, StoreExt};
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        let tenant = store
-            .create(
-                &Actor::system(),
-                Tenant {
-                    id: new_id(IdKind::Tenant),
-                    name: "T".into(),
-                    domain: "t.example".into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        use lintel_model::{IdKind, User, new_id};
+        use lintel_store::{Actor, StoreExt};
+        let (_dir, store) = crate::testing::store();
+        let tenant = crate::testing::tenant(&store, "t.example").await;
         let old = PasswordHasher::with_log_n(1, 10);
         let user = store
             .create(

@@ -18,31 +18,40 @@ pub struct ResealReport {
     pub retried: usize,
 }
 
-/// The sealed values of a record, by field name.
+/// Where a sealed field belongs (tenant id, record id → context): a [`SealContext`]
+/// constructor.
+type Field = for<'a> fn(&'a str, &'a str) -> SealContext<'a>;
+
+/// The sealed values of a record, with the context each is sealed under.
 trait Sealed: Record {
-    fn sealed_mut(&mut self) -> Vec<(&'static str, &mut SealedValue)>;
+    fn sealed_mut(&mut self) -> Vec<(Field, &mut SealedValue)>;
 }
 
 impl Sealed for Settings {
-    fn sealed_mut(&mut self) -> Vec<(&'static str, &mut SealedValue)> {
+    fn sealed_mut(&mut self) -> Vec<(Field, &mut SealedValue)> {
         match &mut self.body {
-            SettingsBody::Sealed(v) => vec![("body", v)],
+            SettingsBody::Sealed(v) => {
+                vec![((|t, r| SealContext::settings_body(t, r)) as Field, v)]
+            }
             SettingsBody::Plain(_) => Vec::new(),
         }
     }
 }
 impl Sealed for IdentityProvider {
-    fn sealed_mut(&mut self) -> Vec<(&'static str, &mut SealedValue)> {
+    fn sealed_mut(&mut self) -> Vec<(Field, &mut SealedValue)> {
         self.client_secret
             .as_mut()
-            .map(|v| ("client_secret", v))
+            .map(|v| ((|t, r| SealContext::client_secret(t, r)) as Field, v))
             .into_iter()
             .collect()
     }
 }
 impl Sealed for SigningKey {
-    fn sealed_mut(&mut self) -> Vec<(&'static str, &mut SealedValue)> {
-        vec![("private_key", &mut self.private_key)]
+    fn sealed_mut(&mut self) -> Vec<(Field, &mut SealedValue)> {
+        vec![(
+            (|t, r| SealContext::private_key(t, r)) as Field,
+            &mut self.private_key,
+        )]
     }
 }
 
@@ -76,11 +85,7 @@ async fn reseal_kind<R: Sealed>(
             let (tenant_id, id) = (current.tenant_id().to_owned(), current.id().to_owned());
             let mut changed = false;
             for (field, value) in current.sealed_mut() {
-                let ctx = SealContext {
-                    tenant_id: &tenant_id,
-                    record_id: &id,
-                    field,
-                };
+                let ctx = field(&tenant_id, &id);
                 if let Some(new) = keyring.reseal(&ctx, value)? {
                     *value = new;
                     changed = true;

@@ -33,6 +33,35 @@ pub struct SealContext<'a> {
     pub field: &'a str,
 }
 
+/// The sealed fields of Lintel's records: one definition for whoever seals, opens or
+/// re-seals them (a wrong field name would make a value unopenable).
+impl<'a> SealContext<'a> {
+    /// A settings record's body (levels above `none`).
+    pub fn settings_body(tenant_id: &'a str, settings_id: &'a str) -> Self {
+        SealContext {
+            tenant_id,
+            record_id: settings_id,
+            field: "body",
+        }
+    }
+    /// An identity provider's client secret.
+    pub fn client_secret(tenant_id: &'a str, idp_id: &'a str) -> Self {
+        SealContext {
+            tenant_id,
+            record_id: idp_id,
+            field: "client_secret",
+        }
+    }
+    /// A token-signing key's private half.
+    pub fn private_key(tenant_id: &'a str, key_id: &'a str) -> Self {
+        SealContext {
+            tenant_id,
+            record_id: key_id,
+            field: "private_key",
+        }
+    }
+}
+
 #[derive(Clone)]
 struct KeyEntry {
     id: String,

@@ -278,19 +278,12 @@ impl Sessions {
 mod tests {
     use super::*;
     use crate::{ApiKeys, Keyring, NewApiKey, SealContext, SecretKeyring, reseal_all};
-    use lintel_model::{EncryptionLevel, Settings, SettingsBody, Tenant};
-    use lintel_store::{EmbeddedStore, ListOptions};
+    use lintel_model::{EncryptionLevel, Settings, SettingsBody};
+    use lintel_store::ListOptions;
 
     async fn store() -> (tempfile::TempDir, Arc<dyn Store>, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-        let t = Tenant {
-            id: new_id(IdKind::Tenant),
-            name: "A".into(),
-            domain: "a.example".into(),
-            ..Default::default()
-        };
-        let t = store.create(&Actor::system(), t).await.unwrap();
+        let (dir, store) = crate::testing::store();
+        let t = crate::testing::tenant(&store, "a.example").await;
         (dir, store, t.id)
     }
 
@@ -386,11 +379,7 @@ mod tests {
         let id = new_id(IdKind::Settings);
         let body = keyring
             .seal_json(
-                &SealContext {
-                    tenant_id: tenant,
-                    record_id: &id,
-                    field: "body",
-                },
+                &SealContext::settings_body(tenant, &id),
                 &serde_json::json!({ "secret": value }),
             )
             .unwrap();
@@ -409,14 +398,7 @@ mod tests {
             panic!("not sealed")
         };
         keyring
-            .open_json(
-                &SealContext {
-                    tenant_id: &s.tenant_id,
-                    record_id: &s.id,
-                    field: "body",
-                },
-                v,
-            )
+            .open_json(&SealContext::settings_body(&s.tenant_id, &s.id), v)
             .unwrap()
     }
 
@@ -455,25 +437,11 @@ mod tests {
                     };
                     // Re-seal for this record id (AAD binds it).
                     let value = old
-                        .open_json(
-                            &SealContext {
-                                tenant_id: &tenant,
-                                record_id: &fresh.id,
-                                field: "body",
-                            },
-                            &v,
-                        )
+                        .open_json(&SealContext::settings_body(&tenant, &fresh.id), &v)
                         .unwrap();
                     s.body = SettingsBody::Sealed(
-                        old.seal_json(
-                            &SealContext {
-                                tenant_id: &tenant,
-                                record_id: &target,
-                                field: "body",
-                            },
-                            &value,
-                        )
-                        .unwrap(),
+                        old.seal_json(&SealContext::settings_body(&tenant, &target), &value)
+                            .unwrap(),
                     );
                     match store.update(&Actor::system(), s).await {
                         Ok(_) | Err(StoreError::Conflict { .. }) => {}

@@ -206,6 +206,11 @@ impl TokenService {
     /// Start signing the tenant's tokens with a new key. Older keys keep verifying until
     /// every token they signed has expired (`ttl` + leeway from now), then retire.
     pub async fn rotate(&self, tenant_id: &str) -> Result<String, AuthError> {
+        Ok(self.rotate_key(tenant_id).await?.id)
+    }
+
+    /// [`rotate`](Self::rotate), returning the new key.
+    async fn rotate_key(&self, tenant_id: &str) -> Result<SigningKey, AuthError> {
         let retire_at = now_unix() + (self.ttl.as_secs() + LEEWAY_SECS) as i64;
         let existing: Vec<SigningKey> = self
             .store
@@ -224,7 +229,7 @@ impl TokenService {
         }
         self.signing.write().expect("lock").remove(tenant_id);
         self.verify_keys.write().expect("lock").clear();
-        Ok(created.id)
+        Ok(created)
     }
 
     /// Delete keys retired more than a day ago (tokens they signed expired long since).
@@ -267,21 +272,11 @@ impl TokenService {
         let max_age = self.key_max_age.as_secs() as i64;
         let key = match newest {
             Some(k) if now_unix() - k.created_at < max_age => k,
-            Some(_) => {
-                let id = self.rotate(tenant_id).await?;
-                self.store
-                    .require::<SigningKey>(tenant_id, &id)
-                    .await
-                    .map_err(internal)?
-            }
+            Some(_) => self.rotate_key(tenant_id).await?,
             None => self.create_key(tenant_id).await?,
         };
         let der = self.keyring.current().open(
-            &SealContext {
-                tenant_id,
-                record_id: &key.id,
-                field: "private_key",
-            },
+            &SealContext::private_key(tenant_id, &key.id),
             &key.private_key,
         )?;
         let active = Arc::new(ActiveKey {
@@ -301,14 +296,10 @@ impl TokenService {
         let der =
             zeroize::Zeroizing::new(key.to_pkcs8_der().map_err(internal)?.as_bytes().to_vec());
         let id = new_id(IdKind::SigningKey);
-        let sealed = self.keyring.current().seal(
-            &SealContext {
-                tenant_id,
-                record_id: &id,
-                field: "private_key",
-            },
-            &der,
-        )?;
+        let sealed = self
+            .keyring
+            .current()
+            .seal(&SealContext::private_key(tenant_id, &id), &der)?;
         let record = SigningKey {
             id,
             tenant_id: tenant_id.into(),
@@ -384,7 +375,6 @@ mod tests {
     use super::*;
     use crate::SecretKeyring;
     use lintel_model::new_id;
-    use lintel_store::EmbeddedStore;
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -396,8 +386,7 @@ mod tests {
     }
 
     async fn fixture(ttl: u64) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let (dir, store) = crate::testing::store();
         let keyring = Keyring::new(SecretKeyring::parse(&SecretKeyring::generate_line()).unwrap());
         let tokens = TokenService::new(
             store.clone(),
@@ -405,18 +394,8 @@ mod tests {
             Duration::from_secs(ttl),
             Duration::from_secs(86_400),
         );
-        let mk = |domain: &str| {
-            let id = new_id(IdKind::Tenant);
-            Tenant {
-                id: id.clone(),
-                name: domain.into(),
-                domain: domain.into(),
-                ..Default::default()
-            }
-        };
-        let (a, b) = (mk("a.example"), mk("b.example"));
-        let tenant = store.create(&Actor::system(), a).await.unwrap();
-        let other = store.create(&Actor::system(), b).await.unwrap();
+        let tenant = crate::testing::tenant(&store, "a.example").await;
+        let other = crate::testing::tenant(&store, "b.example").await;
         let user = User {
             id: new_id(IdKind::User),
             tenant_id: tenant.id.clone(),

@@ -1089,17 +1089,7 @@ fn oidc_sign_in_against_a_real_provider() {
         "lintel",
         &client_secret,
         &redirect_uri,
-        &[(
-            "alice",
-            json!({
-                "email": "alice@acme.example",
-                "email_verified": true,
-                "name": "Alice",
-                "groups": ["building-admins"],
-                "tid": "tenant-guid-1",
-                "hd": "acme.example",
-            }),
-        )],
+        &[("alice", crate::idp::alice())],
     );
     let config = |name: &str, tid: &str| {
         json!({

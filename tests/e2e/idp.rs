@@ -304,7 +304,8 @@ const REDIRECT_URI: &str = "http://127.0.0.1:9/auth/oidc/callback";
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
-fn alice() -> Value {
+/// The test account every SSO test signs in as: an Entra-like `tid` and a Google-like `hd`.
+pub fn alice() -> Value {
     json!({
         "email": "alice@acme.example",
         "email_verified": true,
