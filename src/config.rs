@@ -83,6 +83,16 @@ pub struct Engine {
     pub exec_timeout_ms: u64,
     pub module_memory_mb: usize,
     pub event_budget_ms: u64,
+    /// Threads that run module actors (0: one per CPU core).
+    pub workers: usize,
+    /// Module instances the pooling allocator reserves room for (0: allocate on demand).
+    pub max_modules: u32,
+    /// Status changes one module may publish per second (more are coalesced).
+    pub status_per_second: u32,
+    /// Log lines one module may write per second (more are counted, then dropped).
+    pub logs_per_second: u32,
+    /// Commands waiting in one module's queue.
+    pub queue_depth: usize,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -199,6 +209,11 @@ impl Default for Config {
                 exec_timeout_ms: 5_000,
                 module_memory_mb: 32,
                 event_budget_ms: 100,
+                workers: 0,
+                max_modules: 0,
+                status_per_second: 20_000,
+                logs_per_second: 200,
+                queue_depth: 64,
             },
             store: StoreConfig {
                 backend: StoreBackend::Embedded,
@@ -343,6 +358,30 @@ impl Config {
                 "engine.event_budget_ms",
                 "must be between 10 and 60000",
             ));
+        }
+        if self.engine.workers > 256 {
+            return Err(invalid("engine.workers", "must be between 0 and 256"));
+        }
+        if self.engine.max_modules > 1_000_000 {
+            return Err(invalid(
+                "engine.max_modules",
+                "must be between 0 and 1000000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.engine.status_per_second) {
+            return Err(invalid(
+                "engine.status_per_second",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if !(1..=100_000).contains(&self.engine.logs_per_second) {
+            return Err(invalid(
+                "engine.logs_per_second",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=10_000).contains(&self.engine.queue_depth) {
+            return Err(invalid("engine.queue_depth", "must be between 1 and 10000"));
         }
         if !(60..=86_400).contains(&self.auth.token_ttl_secs) {
             return Err(invalid(

@@ -4,6 +4,7 @@ mod admin;
 mod bootstrap;
 mod config;
 mod demo;
+mod driver_cmd;
 mod serve;
 mod store;
 
@@ -45,6 +46,9 @@ enum Command {
     /// The master keyring that seals secrets at rest.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Driver development: scaffold a driver crate, upload a built component.
+    #[command(subcommand)]
+    Driver(driver_cmd::DriverCommand),
 }
 
 #[derive(Subcommand)]
@@ -190,6 +194,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Driver(driver_cmd::DriverCommand::New {
+            ref name,
+            ref path,
+            ref lintel_src,
+        }) => driver_cmd::new(name, path.as_deref(), lintel_src.as_deref()),
+        Command::Driver(driver_cmd::DriverCommand::Upload {
+            ref file,
+            ref driver,
+            ref tenant,
+        }) => match load_config(&cli) {
+            Ok(cfg) => {
+                driver_cmd::upload(&cfg.data_dir, file, driver.as_deref(), tenant.as_deref())
+            }
+            Err(code) => code,
+        },
         Command::Serve => {
             let cfg = match load_config(&cli) {
                 Ok(c) => c,

@@ -7,7 +7,7 @@ use lintel_api::{AppState, HttpConfig};
 use lintel_auth::{
     ApiKeys, Keyring, LoginLimiter, LoginLimits, OidcClient, PasswordHasher, Sessions, TokenService,
 };
-use lintel_engine::{Engine, EngineConfig, SandboxLimits};
+use lintel_engine::{Engine, EngineConfig, OutputLimits, SandboxLimits};
 use lintel_store::Store;
 use std::path::Path;
 use std::sync::Arc;
@@ -131,10 +131,18 @@ pub async fn serve(
     engine_cfg.limits = SandboxLimits {
         memory_bytes: cfg.engine.module_memory_mb * 1024 * 1024,
         event_budget: Duration::from_millis(cfg.engine.event_budget_ms),
+        max_modules: cfg.engine.max_modules,
         ..SandboxLimits::default()
+    };
+    engine_cfg.workers = cfg.engine.workers;
+    engine_cfg.output = OutputLimits {
+        status_per_second: cfg.engine.status_per_second,
+        logs_per_second: cfg.engine.logs_per_second,
+        queue_depth: cfg.engine.queue_depth,
     };
     let engine =
         Arc::new(Engine::new(engine_cfg, store.clone()).context("cannot start the engine")?);
+    crate::admin::attach_engine(&engine);
     if cfg.bootstrap.demo {
         demo::start_simulators(&engine);
     }

@@ -19,10 +19,21 @@ const DRIVERS: &[(&str, &str)] = &[
 ];
 
 /// Test fixtures, built only with the `fixtures` feature (never shipped in `lintel`).
-const FIXTURES: &[(&str, &str)] = &[(
-    "lintel-driver-fixture-misbehave",
-    "lintel_driver_fixture_misbehave",
-)];
+const FIXTURES: &[(&str, &str)] = &[
+    (
+        "lintel-driver-fixture-misbehave",
+        "lintel_driver_fixture_misbehave",
+    ),
+    (VERSIONED.0, VERSIONED.1),
+];
+
+/// The fixture built twice: as version 1 with the other drivers, then with its `v2`
+/// feature in a second cargo invocation (features unify within one invocation). Both
+/// share the target directory, so only the fixture crate itself is compiled twice.
+const VERSIONED: (&str, &str) = (
+    "lintel-driver-fixture-versioned",
+    "lintel_driver_fixture_versioned",
+);
 
 fn main() {
     let manifest_dir = PathBuf::from(
@@ -30,7 +41,13 @@ fn main() {
     );
     let drivers_dir = manifest_dir.parent().expect("drivers/bundled has a parent");
     let workspace = drivers_dir.parent().expect("drivers/ has a parent");
-    for dir in ["sdk", "demo-display", "demo-occupancy", "fixtures"] {
+    for dir in [
+        "sdk",
+        "sdk-macros",
+        "demo-display",
+        "demo-occupancy",
+        "fixtures",
+    ] {
         println!("cargo:rerun-if-changed={}", drivers_dir.join(dir).display());
     }
     println!(
@@ -44,6 +61,52 @@ fn main() {
     println!("cargo:rerun-if-env-changed=LINTEL_WASM_TARGET_DIR");
 
     ensure_wasm_target();
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let built = target_dir.join("wasm32-wasip2").join("wasm-driver");
+    let fixtures = std::env::var_os("CARGO_FEATURE_FIXTURES").is_some();
+
+    // Another build script (of an outer build with another target dir) may use the same
+    // nested target dir: hold it while building and copying, since the two builds of the
+    // versioned fixture leave their component at the same path in turn.
+    std::fs::create_dir_all(&target_dir)
+        .unwrap_or_else(|e| panic!("create {}: {e}", target_dir.display()));
+    let lock_path = target_dir.join("lintel-bundled.lock");
+    let lock = std::fs::File::create(&lock_path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", lock_path.display()));
+    lock.lock()
+        .unwrap_or_else(|e| panic!("lock {}: {e}", lock_path.display()));
+
+    let mut drivers = DRIVERS.to_vec();
+    if fixtures {
+        drivers.extend_from_slice(FIXTURES);
+    }
+    build(workspace, &target_dir, &drivers, &[]);
+    for (_, stem) in &drivers {
+        copy(
+            &built.join(format!("{stem}.wasm")),
+            &out_dir.join(format!("{stem}.wasm")),
+        );
+    }
+
+    if fixtures {
+        // Version 2 of the versioned fixture; its file name is the same, so copy it out
+        // before anything else overwrites it.
+        let (krate, stem) = VERSIONED;
+        build(
+            workspace,
+            &target_dir,
+            &[VERSIONED],
+            &[format!("{krate}/v2")],
+        );
+        copy(
+            &built.join(format!("{stem}.wasm")),
+            &out_dir.join(format!("{stem}_v2.wasm")),
+        );
+    }
+}
+
+/// One nested `cargo build` of `drivers` for wasm32-wasip2 with the `wasm-driver` profile.
+fn build(workspace: &Path, target_dir: &Path, drivers: &[(&str, &str)], features: &[String]) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
@@ -55,13 +118,12 @@ fn main() {
             "wasm-driver",
             "--target-dir",
         ])
-        .arg(&target_dir);
-    let mut drivers = DRIVERS.to_vec();
-    if std::env::var_os("CARGO_FEATURE_FIXTURES").is_some() {
-        drivers.extend_from_slice(FIXTURES);
-    }
-    for (krate, _) in &drivers {
+        .arg(target_dir);
+    for (krate, _) in drivers {
         cmd.args(["-p", krate]);
+    }
+    for feature in features {
+        cmd.args(["--features", feature]);
     }
     for var in [
         "RUSTFLAGS",
@@ -83,15 +145,6 @@ fn main() {
             "building the bundled drivers for wasm32-wasip2 failed ({status}). \
              Is the target installed? Run `rustup toolchain install` in the repository \
              (rust-toolchain.toml lists it)."
-        );
-    }
-
-    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let built = target_dir.join("wasm32-wasip2").join("wasm-driver");
-    for (_, stem) in &drivers {
-        copy(
-            &built.join(format!("{stem}.wasm")),
-            &out_dir.join(format!("{stem}.wasm")),
         );
     }
 }

@@ -1,472 +1,730 @@
-//! `ModuleActor`: one thread per module that owns its sandbox and handles its events in
-//! order — transport data, timers, exec requests — each call under a time budget.
+//! `ModuleActor`: one async task per module that owns its sandbox (a wasmtime `Store`)
+//! and handles its events in order — transport data, timers, exec requests, results of
+//! earlier host work — each call into the guest under a time budget.
 //!
-//! Actors run on their own OS threads (not tokio workers): guest calls are synchronous
-//! CPU work, and WASI's blocking shims must not run inside an async context.
+//! Actors are tasks on the engine's module executor (a small pool of worker threads).
+//! Guest calls are async: a call yields its thread at every epoch tick, so a module that
+//! computes for long shares the pool instead of holding a thread, and is interrupted when
+//! its budget is spent.
 
 use parking_lot::Mutex;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use wasmtime::component::{Component, Linker};
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::Component;
 
 use crate::error::EngineError;
-use crate::runtime::bindings::lintel::driver::types::LogLevel;
-use crate::runtime::{DriverRuntime, Instance, Sandbox};
+use crate::host::{
+    Effect, HostConfig, HttpCall, LogLevel, LogTap, MAX_LOG_LINE, MAX_OPEN_HANDLES, ModuleHost,
+    ModuleTarget, OutputLimits, StatusTarget, parse_result, truncate,
+};
+use crate::queue::{CommandQueue, Verdict};
+use crate::runtime::bindings::lintel::driver::types as wit;
+use crate::runtime::{Budget, DriverInfo, DriverRuntime, Instance, SandboxClocks};
 use crate::state::ModuleStatus;
-use crate::transport::MAX_FRAME_BYTES;
+use crate::timers::Now;
+use crate::transport::Outbound;
 
-pub(crate) const MAX_STATUS_KEY: usize = 128;
-pub(crate) const MAX_STATUS_VALUE: usize = 64 * 1024;
-pub(crate) const MAX_STATUS_KEYS: usize = 1024;
-pub(crate) const MAX_LOG_LINE: usize = 4096;
-pub(crate) const MAX_TIMERS: usize = 64;
-const MIN_TIMER_MS: u32 = 10;
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(500);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Status key the engine sets when a module's sandbox crashed (and clears on restart).
+pub const DRIVER_ERROR_KEY: &str = "driver_error";
 
-pub(crate) type ExecReply = oneshot::Sender<Result<String, EngineError>>;
+pub(crate) type ExecReply = oneshot::Sender<Result<Value, EngineError>>;
+
+/// An HTTP answer for a driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The outcome of earlier host work, delivered to the driver's `on-event`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostEvent {
+    CommandDone(u64, Result<(), String>),
+    Http(u64, Result<HttpAnswer, String>),
+    StatusChanged(u64, Option<Value>),
+    CallResult(u64, Result<Value, String>),
+    MqttMessage(String, Vec<u8>),
+}
+
+/// A module's settings as its driver sees them: public settings and declared secrets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModuleSettings {
+    pub public: Value,
+    pub secrets: HashMap<String, Value>,
+}
+
+impl ModuleSettings {
+    /// Split merged settings: the keys `info` declares as secrets leave the public object.
+    pub fn split(mut merged: Value, info: &DriverInfo) -> Self {
+        let mut secrets = HashMap::new();
+        if let Some(o) = merged.as_object_mut() {
+            for k in &info.secrets {
+                if let Some(v) = o.remove(k) {
+                    secrets.insert(k.clone(), v);
+                }
+            }
+        }
+        ModuleSettings {
+            public: merged,
+            secrets,
+        }
+    }
+}
 
 pub(crate) enum Event {
     Connected,
     Disconnected,
     Received(Vec<u8>),
-    Timer(u32),
     Exec {
         function: String,
         args: String,
         reply: ExecReply,
     },
-    Stop,
+    Host(HostEvent),
+    /// Replace the driver with another version, keeping the transport and the queue; if
+    /// the new version's `on-load` fails, keep the old one.
+    Reload {
+        component: Component,
+        info: Arc<DriverInfo>,
+        budget: Budget,
+        settings: ModuleSettings,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// New settings for the running driver (`on-update`).
+    Update {
+        settings: ModuleSettings,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Answered once every earlier event has been handled (tests, the harness).
+    Barrier(oneshot::Sender<()>),
 }
 
-/// The host imports as one module sees them.
-pub(crate) struct ModuleHost {
-    module_id: Arc<str>,
-    outbound: Option<mpsc::Sender<Vec<u8>>>,
-    connected: Arc<AtomicBool>,
-    status: ModuleStatus,
-    status_keys: usize,
-    timers: Timers,
+/// Time as a module sees it. The engine uses real time; the test harness a virtual clock.
+pub trait Clock: SandboxClocks + Send + Sync + 'static {
+    fn now(&self) -> Now;
+    /// Resolves when the monotonic clock reaches `mono_ms`.
+    fn sleep_until(&self, mono_ms: u64) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
-struct Timers {
-    rt: tokio::runtime::Handle,
-    events: flume::Sender<Event>,
-    active: HashMap<u32, tokio::task::JoinHandle<()>>,
+/// The real clock.
+pub struct SystemClock {
+    base: tokio::time::Instant,
 }
 
-impl Timers {
-    fn set(&mut self, id: u32, every: Option<Duration>, delay: Duration) -> Result<(), String> {
-        if !self.active.contains_key(&id) && self.active.len() >= MAX_TIMERS {
-            return Err(format!("at most {MAX_TIMERS} timers per module"));
-        }
-        let events = self.events.clone();
-        let task = self.rt.spawn(async move {
-            tokio::time::sleep(delay).await;
-            loop {
-                // A full queue skips this tick: timers coalesce rather than pile up.
-                if let Err(flume::TrySendError::Disconnected(_)) = events.try_send(Event::Timer(id))
-                {
-                    return;
-                }
-                match every {
-                    Some(period) => tokio::time::sleep(period).await,
-                    None => return,
-                }
-            }
-        });
-        if let Some(old) = self.active.insert(id, task) {
-            old.abort();
-        }
-        Ok(())
-    }
-
-    fn cancel(&mut self, id: u32) {
-        if let Some(t) = self.active.remove(&id) {
-            t.abort();
-        }
-    }
-
-    fn cancel_all(&mut self) {
-        for (_, t) in self.active.drain() {
-            t.abort();
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock {
+            base: tokio::time::Instant::now(),
         }
     }
 }
 
-impl Drop for Timers {
-    fn drop(&mut self) {
-        self.cancel_all();
+impl SandboxClocks for SystemClock {
+    fn wasi_clocks(&self, _: &mut wasmtime_wasi::WasiCtxBuilder) {}
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Now {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Now {
+            mono_ms: self.base.elapsed().as_millis() as u64,
+            unix_ms,
+        }
+    }
+
+    fn sleep_until(&self, mono_ms: u64) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(tokio::time::sleep_until(
+            self.base + Duration::from_millis(mono_ms),
+        ))
     }
 }
 
-impl ModuleHost {
-    fn log_line(&self, level: LogLevel, message: &str) {
-        let m = truncate(message, MAX_LOG_LINE);
-        let id = &*self.module_id;
-        match level {
-            LogLevel::Trace => tracing::trace!(module = id, "{m}"),
-            LogLevel::Debug => tracing::debug!(module = id, "{m}"),
-            LogLevel::Info => tracing::info!(module = id, "{m}"),
-            LogLevel::Warn => tracing::warn!(module = id, "{m}"),
-            LogLevel::Error => tracing::error!(module = id, "{m}"),
-        }
-    }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-impl crate::runtime::bindings::lintel::driver::host::Host for ModuleHost {
-    fn send(&mut self, data: Vec<u8>) -> Result<(), String> {
-        let Some(out) = &self.outbound else {
-            return Err("this driver has no transport".into());
-        };
-        if data.len() > MAX_FRAME_BYTES {
-            return Err(format!(
-                "send of {} bytes exceeds the {MAX_FRAME_BYTES}-byte limit",
-                data.len()
-            ));
-        }
-        if !self.connected.load(Ordering::SeqCst) {
-            return Err("not connected".into());
-        }
-        out.try_send(data).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => "send queue full".to_string(),
-            mpsc::error::TrySendError::Closed(_) => "transport stopped".to_string(),
-        })
-    }
-
-    fn set_status(&mut self, key: String, value: String) -> Result<(), String> {
-        if key.is_empty() || key.len() > MAX_STATUS_KEY || key.chars().any(char::is_control) {
-            return Err(format!(
-                "status key must be 1..={MAX_STATUS_KEY} bytes without control characters"
-            ));
-        }
-        if key == "connected" {
-            return Err("`connected` is set by the engine from the transport".into());
-        }
-        if value.len() > MAX_STATUS_VALUE {
-            return Err(format!(
-                "status value of {} bytes exceeds the {MAX_STATUS_VALUE}-byte limit",
-                value.len()
-            ));
-        }
-        let v: Value =
-            serde_json::from_str(&value).map_err(|e| format!("status `{key}` is not JSON: {e}"))?;
-        // The key cap applies to new keys only: existing keys can always be updated.
-        let existed = self.status.has(&key);
-        if !existed && self.status_keys >= MAX_STATUS_KEYS {
-            return Err(format!("at most {MAX_STATUS_KEYS} status keys per module"));
-        }
-        if !existed {
-            self.status_keys += 1;
-        }
-        if self.status.set(&key, v) {
-            metrics::counter!("lintel_status_changes_total").increment(1);
-        }
-        Ok(())
-    }
-
-    fn log(&mut self, level: LogLevel, message: String) {
-        self.log_line(level, &message);
-    }
-
-    fn schedule_every(&mut self, id: u32, period_ms: u32) {
-        let period = Duration::from_millis(period_ms.max(MIN_TIMER_MS) as u64);
-        if let Err(e) = self.timers.set(id, Some(period), period) {
-            self.log_line(LogLevel::Warn, &e);
-        }
-    }
-
-    fn schedule_in(&mut self, id: u32, delay_ms: u32) {
-        if let Err(e) = self
-            .timers
-            .set(id, None, Duration::from_millis(delay_ms as u64))
-        {
-            self.log_line(LogLevel::Warn, &e);
-        }
-    }
-
-    fn cancel_schedule(&mut self, id: u32) {
-        self.timers.cancel(id);
-    }
+/// How a module reaches beyond itself: other modules' status and functions, HTTP, MQTT.
+/// Results come back as [`Event::Host`] on `events`. Dropping it cancels everything open.
+pub trait ModuleLinks: Send + Sync + 'static {
+    fn subscribe(&self, id: u64, target: StatusTarget, events: flume::Sender<Event>);
+    fn unsubscribe(&self, id: u64);
+    fn call(
+        &self,
+        id: u64,
+        target: ModuleTarget,
+        function: String,
+        args: Vec<Value>,
+        events: flume::Sender<Event>,
+    );
+    fn http(&self, id: u64, request: HttpCall, events: flume::Sender<Event>);
+    fn mqtt_subscribe(&self, filter: String, events: flume::Sender<Event>);
 }
 
 /// Everything a module actor needs to run.
 pub(crate) struct ModuleActor {
     pub module_id: Arc<str>,
     pub runtime: Arc<DriverRuntime>,
-    pub linker: Arc<Linker<Sandbox<ModuleHost>>>,
     pub component: Component,
-    pub settings: Value,
+    pub info: Arc<DriverInfo>,
+    pub budget: Budget,
+    pub settings: ModuleSettings,
+    pub limits: OutputLimits,
     pub events_tx: flume::Sender<Event>,
     pub events: flume::Receiver<Event>,
-    pub outbound: Option<mpsc::Sender<Vec<u8>>>,
-    pub connected: Arc<AtomicBool>,
+    pub outbound: Option<mpsc::Sender<Outbound>>,
     pub status: ModuleStatus,
-    pub rt: tokio::runtime::Handle,
+    pub clock: Arc<dyn Clock>,
+    pub links: Box<dyn ModuleLinks>,
     pub last_error: Arc<Mutex<Option<String>>>,
+    pub log_tap: Option<LogTap>,
+    pub cancel: CancellationToken,
 }
 
 /// Why a guest call did not return normally: the instance is no longer usable.
 struct Trap(String);
 
+/// The module's mutable state around its instance.
+struct Running {
+    connected: bool,
+    pending_execs: HashMap<u64, ExecReply>,
+    next_call: u64,
+    /// Events the actor produced for the driver itself (e.g. a replaced command).
+    internal: VecDeque<Event>,
+}
+
 impl ModuleActor {
-    pub fn spawn(self) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name(format!("module-{}", self.module_id))
-            .spawn(move || self.run())
+    fn host(&self, settings: &ModuleSettings) -> ModuleHost {
+        ModuleHost::new(HostConfig {
+            module_id: self.module_id.clone(),
+            transport: self.info.transport,
+            status: Some(self.status.clone()),
+            settings: settings.public.clone(),
+            secrets: settings.secrets.clone(),
+            declared_secrets: self.info.secrets.iter().cloned().collect::<HashSet<_>>(),
+            limits: self.limits.clone(),
+            log_tap: self.log_tap.clone(),
+        })
     }
 
-    fn new_instance(&self) -> Result<Instance<ModuleHost>, String> {
-        let host = ModuleHost {
-            module_id: self.module_id.clone(),
-            outbound: self.outbound.clone(),
-            connected: self.connected.clone(),
-            status: self.status.clone(),
-            status_keys: 0,
-            timers: Timers {
-                rt: self.rt.clone(),
-                events: self.events_tx.clone(),
-                active: HashMap::new(),
-            },
-        };
+    /// A fresh instance of `component`, loaded with `settings` (and told it is connected).
+    /// On failure, the queue the host carried is handed back (if it got that far).
+    async fn new_instance(
+        &self,
+        component: &Component,
+        budget: Budget,
+        mut host: ModuleHost,
+        run: &mut Running,
+    ) -> Result<Instance, (String, Option<CommandQueue>)> {
+        host.connected = run.connected;
         let mut inst = self
             .runtime
-            .instantiate(&self.linker, &self.component, host)
-            .map_err(|e| e.to_string())?;
-        let settings = self.settings.to_string();
-        let loaded = call(&mut inst, |g, s| g.call_on_load(s, &settings)).map_err(|t| t.0)?;
-        loaded.map_err(|e| format!("on-load refused the settings: {e}"))?;
-        // After a restart the transport may still be up: tell the new instance, and put
-        // back the `connected` status that the crash cleared.
-        if self.connected.load(Ordering::SeqCst) {
-            self.status.set("connected", Value::Bool(true));
-            call(&mut inst, |g, s| g.call_connected(s)).map_err(|t| t.0)?;
+            .instantiate(component, host, budget, Some(self.clock.as_ref()))
+            .await
+            .map_err(|e| (e.to_string(), None))?;
+        match self.load(&mut inst, run).await {
+            Ok(()) => Ok(inst),
+            Err(e) => {
+                let queue =
+                    std::mem::replace(&mut inst.store.data_mut().host.queue, CommandQueue::new(0));
+                Err((e, Some(queue)))
+            }
         }
-        Ok(inst)
     }
 
-    fn run(self) {
-        let mut instance: Option<Instance<ModuleHost>> = None;
+    async fn load(&self, inst: &mut Instance, run: &mut Running) -> Result<(), String> {
+        let settings = inst.store.data().host.settings.to_string();
+        let loaded = self
+            .guest_call(inst, run, async |g, s| g.call_on_load(s, &settings).await)
+            .await
+            .map_err(|t| t.0)?;
+        loaded.map_err(|e| format!("on-load refused the settings: {e}"))?;
+        if run.connected {
+            self.guest_call(inst, run, async |g, s| g.call_connected(s).await)
+                .await
+                .map_err(|t| t.0)?;
+        }
+        Ok(())
+    }
+
+    pub async fn run(mut self) {
+        let mut run = Running {
+            connected: false,
+            pending_execs: HashMap::new(),
+            next_call: 1,
+            internal: VecDeque::new(),
+        };
+        let mut instance: Option<Instance> = None;
         let mut backoff = RESTART_BACKOFF_MIN;
-        let mut retry_at: Option<Instant> = None;
+        let mut retry_at: Option<u64> = None;
         loop {
-            if instance.is_none() && retry_at.is_none_or(|t| Instant::now() >= t) {
-                match self.new_instance() {
+            if instance.is_none() && retry_at.is_none_or(|t| self.clock.now().mono_ms >= t) {
+                let host = self.host(&self.settings);
+                match self
+                    .new_instance(&self.component, self.budget, host, &mut run)
+                    .await
+                {
                     Ok(i) => {
                         instance = Some(i);
                         retry_at = None;
-                        *self.last_error.lock() = None;
+                        if self.last_error.lock().take().is_some() {
+                            self.status.set(DRIVER_ERROR_KEY, Value::Null);
+                        }
                     }
-                    Err(e) => {
+                    Err((e, _)) => {
                         tracing::error!(module = %self.module_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "module failed to start");
-                        *self.last_error.lock() = Some(e);
-                        retry_at = Some(Instant::now() + backoff);
+                        self.report_down(&e);
+                        retry_at = Some(self.clock.now().mono_ms + backoff.as_millis() as u64);
                         backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
                     }
                 }
             }
-            let ev = match retry_at {
-                Some(t) => match self
-                    .events
-                    .recv_timeout(t.saturating_duration_since(Instant::now()))
-                {
-                    Ok(ev) => ev,
-                    Err(flume::RecvTimeoutError::Timeout) => continue,
-                    Err(flume::RecvTimeoutError::Disconnected) => break,
-                },
-                None => match self.events.recv() {
-                    Ok(ev) => ev,
-                    Err(_) => break,
-                },
+            let ev = if let Some(ev) = run.internal.pop_front() {
+                ev
+            } else {
+                let deadline = match &instance {
+                    Some(i) => {
+                        let h = &i.store.data().host;
+                        [h.timers.next_due(), h.queue.next_deadline(), h.status_due()]
+                            .into_iter()
+                            .flatten()
+                            .min()
+                    }
+                    None => retry_at,
+                };
+                let sleep = deadline.map(|d| self.clock.sleep_until(d));
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break,
+                    _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
+                        if let Some(inst) = instance.as_mut()
+                            && let Err(t) = self.tick(inst, &mut run).await
+                        {
+                            self.crashed(&mut instance, &mut run, t, None, &mut backoff, &mut retry_at);
+                        }
+                        continue;
+                    }
+                    ev = self.events.recv_async() => match ev {
+                        Ok(ev) => ev,
+                        Err(_) => break,
+                    },
+                }
             };
-            if matches!(ev, Event::Stop) {
-                break;
+            match ev {
+                Event::Barrier(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+                Event::Connected | Event::Disconnected => {
+                    run.connected = matches!(ev, Event::Connected);
+                    self.status.set("connected", Value::Bool(run.connected));
+                }
+                _ => {}
             }
             let Some(inst) = instance.as_mut() else {
-                if let Event::Exec { reply, .. } = ev {
-                    let why = self.last_error.lock().clone().unwrap_or_default();
-                    let _ = reply.send(Err(EngineError::Driver(format!(
-                        "module is restarting: {why}"
-                    ))));
-                }
+                self.while_down(ev);
                 continue;
             };
             metrics::counter!("lintel_module_events_total").increment(1);
-            // An exec whose call traps is answered only after the crash is contained, so
-            // the caller never sees the crashed instance's state.
             let mut crashed_exec: Option<ExecReply> = None;
-            let outcome = match ev {
-                Event::Connected => call(inst, |g, s| g.call_connected(s)),
-                Event::Disconnected => {
-                    inst.store.data_mut().host.timers.cancel_all();
-                    call(inst, |g, s| g.call_disconnected(s))
+            let outcome = self.handle(inst, &mut run, ev, &mut crashed_exec).await;
+            match outcome {
+                Err(t) => {
+                    self.crashed(
+                        &mut instance,
+                        &mut run,
+                        t,
+                        crashed_exec,
+                        &mut backoff,
+                        &mut retry_at,
+                    );
                 }
-                Event::Received(data) => call(inst, |g, s| g.call_received(s, &data)),
-                Event::Timer(id) => call(inst, |g, s| g.call_on_timer(s, id)),
-                Event::Exec {
-                    function,
-                    args,
-                    reply,
-                } => match call(inst, |g, s| g.call_exec(s, &function, &args)) {
-                    Ok(r) => {
-                        let _ = reply.send(r.map_err(EngineError::Driver));
-                        Ok(())
-                    }
-                    Err(t) => {
-                        crashed_exec = Some(reply);
-                        Err(t)
-                    }
-                },
-                Event::Stop => unreachable!("handled above"),
-            };
-            if let Err(Trap(reason)) = outcome {
-                let stderr = inst.store.data().stderr();
-                let stderr = truncate(stderr.trim(), MAX_LOG_LINE);
-                metrics::counter!("lintel_module_traps_total").increment(1);
-                tracing::error!(module = %self.module_id, %reason, guest_stderr = %stderr, restart_in_ms = backoff.as_millis() as u64, "module trapped; restarting it");
-                let report = if stderr.is_empty() {
-                    reason
-                } else {
-                    format!("{reason}; guest stderr: {stderr}")
-                };
-                // Its state is cleared: what it published may no longer be true.
-                self.status.clear();
-                self.status.set("connected", Value::Bool(false));
-                *self.last_error.lock() = Some(report.clone());
-                instance = None;
-                retry_at = Some(Instant::now() + backoff);
-                backoff = (backoff * 2).min(RESTART_BACKOFF_MAX);
-                if let Some(reply) = crashed_exec {
-                    let _ = reply.send(Err(EngineError::Driver(format!(
-                        "the driver crashed: {report}"
-                    ))));
-                }
-            } else {
-                backoff = RESTART_BACKOFF_MIN;
+                Ok(()) => backoff = RESTART_BACKOFF_MIN,
             }
         }
-        // Dropping the instance drops its timers.
+        for (_, reply) in run.pending_execs.drain() {
+            let _ = reply.send(Err(EngineError::ModuleNotRunning(
+                self.module_id.to_string(),
+            )));
+        }
+        // Dropping the instance drops its timers; dropping the links cancels their work.
         drop(instance);
         tracing::debug!(module = %self.module_id, "module actor stopped");
+    }
+
+    /// Events that arrive while the sandbox is down (waiting to restart).
+    fn while_down(&mut self, ev: Event) {
+        let why = || self.last_error.lock().clone().unwrap_or_default();
+        match ev {
+            Event::Exec { reply, .. } => {
+                let _ = reply.send(Err(EngineError::Driver(format!(
+                    "module is restarting: {}",
+                    why()
+                ))));
+            }
+            Event::Reload { reply, .. } | Event::Update { reply, .. } => {
+                let _ = reply.send(Err(format!("module is restarting: {}", why())));
+            }
+            _ => {}
+        }
+    }
+
+    fn report_down(&self, report: &str) {
+        *self.last_error.lock() = Some(report.to_string());
+        self.status
+            .set(DRIVER_ERROR_KEY, Value::String(report.to_string()));
+    }
+
+    /// A trap: drop the instance, clear its state, report, restart with backoff.
+    fn crashed(
+        &self,
+        instance: &mut Option<Instance>,
+        run: &mut Running,
+        Trap(reason): Trap,
+        crashed_exec: Option<ExecReply>,
+        backoff: &mut Duration,
+        retry_at: &mut Option<u64>,
+    ) {
+        let stderr = instance
+            .as_ref()
+            .map(|i| i.store.data().stderr())
+            .unwrap_or_default();
+        let stderr = truncate(stderr.trim(), MAX_LOG_LINE);
+        metrics::counter!("lintel_module_traps_total").increment(1);
+        tracing::error!(module = %self.module_id, %reason, guest_stderr = %stderr, restart_in_ms = backoff.as_millis() as u64, "module trapped; restarting it");
+        let report = if stderr.is_empty() {
+            reason
+        } else {
+            format!("{reason}; guest stderr: {stderr}")
+        };
+        // Its state is cleared: what it published may no longer be true.
+        self.status.clear();
+        self.status.set("connected", Value::Bool(false));
+        self.report_down(&report);
+        *instance = None;
+        *retry_at = Some(self.clock.now().mono_ms + backoff.as_millis() as u64);
+        *backoff = (*backoff * 2).min(RESTART_BACKOFF_MAX);
+        let fail = |r: ExecReply| {
+            let _ = r.send(Err(EngineError::Driver(format!(
+                "the driver crashed: {report}"
+            ))));
+        };
+        if let Some(reply) = crashed_exec {
+            fail(reply);
+        }
+        for (_, reply) in run.pending_execs.drain() {
+            fail(reply);
+        }
+        run.internal.clear();
+    }
+
+    async fn handle(
+        &mut self,
+        inst: &mut Instance,
+        run: &mut Running,
+        ev: Event,
+        crashed_exec: &mut Option<ExecReply>,
+    ) -> Result<(), Trap> {
+        run.pending_execs.retain(|_, r| !r.is_closed());
+        match ev {
+            Event::Connected => {
+                self.guest_call(inst, run, async |g, s| g.call_connected(s).await)
+                    .await
+            }
+            Event::Disconnected => {
+                let mut out = Vec::new();
+                inst.store
+                    .data_mut()
+                    .host
+                    .queue
+                    .clear("the device disconnected", &mut out);
+                inst.store.data_mut().host.queue_actions(out);
+                self.apply_effects(inst, run);
+                self.guest_call(inst, run, async |g, s| g.call_disconnected(s).await)
+                    .await
+            }
+            Event::Received(data) => {
+                let waiting = inst.store.data().host.queue.waiting();
+                let verdict = self
+                    .guest_call(inst, run, async |g, s| {
+                        g.call_received(s, &data, waiting).await
+                    })
+                    .await?;
+                if waiting.is_some() {
+                    let verdict = match verdict {
+                        wit::Verdict::Ignore => Verdict::Ignore,
+                        wit::Verdict::Done => Verdict::Done,
+                        wit::Verdict::Retry => Verdict::Retry,
+                        wit::Verdict::Fail(why) => Verdict::Fail(why),
+                    };
+                    let host = &mut inst.store.data_mut().host;
+                    let mut out = Vec::new();
+                    host.queue
+                        .verdict(verdict, self.clock.now().mono_ms, &mut out);
+                    host.queue_actions(out);
+                    self.apply_effects(inst, run);
+                }
+                Ok(())
+            }
+            Event::Exec {
+                function,
+                args,
+                reply,
+            } => {
+                let call = run.next_call;
+                run.next_call += 1;
+                let r = self
+                    .guest_call(inst, run, async |g, s| {
+                        g.call_exec(s, call, &function, &args).await
+                    })
+                    .await;
+                match r {
+                    Ok(Ok(Some(json))) => {
+                        let _ = reply.send(parse_result(&json).map_err(EngineError::Driver));
+                    }
+                    Ok(Ok(None)) => {
+                        if run.pending_execs.len() >= MAX_OPEN_HANDLES {
+                            let _ = reply.send(Err(EngineError::Driver(format!(
+                                "at most {MAX_OPEN_HANDLES} exec calls may wait for an answer"
+                            ))));
+                        } else {
+                            inst.store.data_mut().host.open_calls.insert(call);
+                            run.pending_execs.insert(call, reply);
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        let _ = reply.send(Err(EngineError::Driver(e)));
+                    }
+                    Err(t) => {
+                        *crashed_exec = Some(reply);
+                        return Err(t);
+                    }
+                }
+                Ok(())
+            }
+            Event::Host(ev) => {
+                if !matches!(
+                    ev,
+                    HostEvent::MqttMessage(..) | HostEvent::StatusChanged(..)
+                ) {
+                    inst.store.data_mut().host.release_handle();
+                }
+                let ev = to_wit(ev);
+                self.guest_call(inst, run, async |g, s| g.call_on_event(s, &ev).await)
+                    .await
+            }
+            Event::Update { settings, reply } => {
+                let host = &mut inst.store.data_mut().host;
+                let json: Arc<str> = settings.public.to_string().into();
+                let old_settings = std::mem::replace(&mut host.settings, json.clone());
+                let old_secrets =
+                    std::mem::replace(&mut host.secrets, Arc::new(settings.secrets.clone()));
+                let r = self
+                    .guest_call(inst, run, async |g, s| g.call_on_update(s, &json).await)
+                    .await?;
+                if r.is_ok() {
+                    self.settings = settings;
+                } else {
+                    let host = &mut inst.store.data_mut().host;
+                    host.settings = old_settings;
+                    host.secrets = old_secrets;
+                }
+                let _ = reply.send(r.map_err(|e| format!("on-update refused the settings: {e}")));
+                Ok(())
+            }
+            Event::Reload {
+                component,
+                info,
+                budget,
+                settings,
+                reply,
+            } => {
+                let r = self
+                    .reload(inst, run, component, info, budget, settings)
+                    .await;
+                let _ = reply.send(r);
+                Ok(())
+            }
+            Event::Barrier(_) => Ok(()),
+        }
+    }
+
+    /// Hot reload: a new instance of the new version takes over the queue and the
+    /// connection; if it fails to load, the old instance keeps running untouched.
+    async fn reload(
+        &mut self,
+        inst: &mut Instance,
+        run: &mut Running,
+        component: Component,
+        info: Arc<DriverInfo>,
+        budget: Budget,
+        settings: ModuleSettings,
+    ) -> Result<(), String> {
+        let old_info = std::mem::replace(&mut self.info, info);
+        let mut host = self.host(&settings);
+        // The queue moves to the new version (commands it accepts stay queued).
+        std::mem::swap(&mut host.queue, &mut inst.store.data_mut().host.queue);
+        host.queue.set_capacity(self.limits.queue_depth);
+        match self.new_instance(&component, budget, host, run).await {
+            Ok(mut new) => {
+                for (_, reply) in run.pending_execs.drain() {
+                    let _ = reply.send(Err(EngineError::Driver(
+                        "the driver was replaced by a new version before answering".into(),
+                    )));
+                }
+                std::mem::swap(inst, &mut new);
+                self.component = component;
+                self.budget = budget;
+                self.settings = settings;
+                tracing::info!(module = %self.module_id, from = %old_info.version, to = %self.info.version, "driver reloaded");
+                Ok(())
+            }
+            Err((e, queue)) => {
+                // Roll back: the old instance gets its queue back and goes on.
+                self.info = old_info;
+                if let Some(queue) = queue {
+                    inst.store.data_mut().host.queue = queue;
+                }
+                tracing::warn!(module = %self.module_id, error = %e, "new driver version failed to load; kept the running version");
+                Err(e)
+            }
+        }
+    }
+
+    /// Time passed: fire due timers, time out commands, publish held-back status.
+    async fn tick(&mut self, inst: &mut Instance, run: &mut Running) -> Result<(), Trap> {
+        let now = self.clock.now();
+        let host = &mut inst.store.data_mut().host;
+        host.now = now;
+        let mut out = Vec::new();
+        host.queue.tick(now.mono_ms, &mut out);
+        host.queue_actions(out);
+        let due = host.timers.take_due(now);
+        self.apply_effects(inst, run);
+        for id in due {
+            metrics::counter!("lintel_module_events_total").increment(1);
+            self.guest_call(inst, run, async |g, s| g.call_on_timer(s, id).await)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Call into the guest under the per-event budget, then carry out what it asked for.
+    async fn guest_call<T>(
+        &self,
+        inst: &mut Instance,
+        run: &mut Running,
+        f: impl AsyncFnOnce(
+            &Guest,
+            &mut wasmtime::Store<crate::runtime::Sandbox>,
+        ) -> wasmtime::Result<T>,
+    ) -> Result<T, Trap> {
+        {
+            let host = &mut inst.store.data_mut().host;
+            host.now = self.clock.now();
+            host.connected = run.connected;
+        }
+        inst.arm();
+        let guest = inst.guest().clone();
+        let r = f(&guest, &mut inst.store).await.map_err(trap_reason);
+        self.apply_effects(inst, run);
+        r
+    }
+
+    /// Carry out the effects of the last call and publish its status.
+    fn apply_effects(&self, inst: &mut Instance, run: &mut Running) {
+        let host = &mut inst.store.data_mut().host;
+        host.flush_status();
+        if host.effects.is_empty() {
+            return;
+        }
+        let effects = std::mem::take(&mut host.effects);
+        for effect in effects {
+            match effect {
+                Effect::Write(data) => {
+                    let Some(out) = &self.outbound else { continue };
+                    if let Err(e) = out.try_send(Outbound::Write(data)) {
+                        let why = match e {
+                            mpsc::error::TrySendError::Full(_) => "the device is not keeping up",
+                            mpsc::error::TrySendError::Closed(_) => "the transport stopped",
+                        };
+                        host.emit_log(LogLevel::Warn, &format!("command dropped: {why}"));
+                    }
+                }
+                Effect::Disconnect => {
+                    if let Some(out) = &self.outbound {
+                        let _ = out.try_send(Outbound::Disconnect);
+                    }
+                }
+                Effect::CommandDone(id, r) => run
+                    .internal
+                    .push_back(Event::Host(HostEvent::CommandDone(id, r))),
+                Effect::Subscribe(id, target) => {
+                    self.links.subscribe(id, target, self.events_tx.clone())
+                }
+                Effect::Unsubscribe(id) => {
+                    self.links.unsubscribe(id);
+                    host.release_handle();
+                }
+                Effect::Call {
+                    id,
+                    target,
+                    function,
+                    args,
+                } => self
+                    .links
+                    .call(id, target, function, args, self.events_tx.clone()),
+                Effect::Http(id, req) => self.links.http(id, req, self.events_tx.clone()),
+                Effect::MqttSubscribe(filter) => {
+                    self.links.mqtt_subscribe(filter, self.events_tx.clone())
+                }
+                Effect::Reply(call, result) => {
+                    if let Some(reply) = run.pending_execs.remove(&call) {
+                        let _ = reply.send(result.map_err(EngineError::Driver));
+                    }
+                }
+            }
+        }
     }
 }
 
 type Guest = crate::runtime::bindings::exports::lintel::driver::guest::Guest;
 
-/// Call into the guest under the per-event time budget. A trap (deadline, memory limit,
-/// panic) comes back as `Trap` and poisons the instance.
-fn call<T>(
-    inst: &mut Instance<ModuleHost>,
-    f: impl FnOnce(&Guest, &mut wasmtime::Store<Sandbox<ModuleHost>>) -> wasmtime::Result<T>,
-) -> Result<T, Trap> {
-    inst.arm();
-    let guest = inst.driver.lintel_driver_guest();
-    f(guest, &mut inst.store).map_err(|e| {
-        // The wasm backtrace is for developers; operators get the cause in one line.
-        tracing::debug!(error = format!("{e:?}"), "guest trap details");
-        Trap(match e.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => "ran past its time budget (interrupted)".into(),
-            Some(trap) => trap.to_string(),
-            None => match e.root_cause().to_string() {
-                c if c.contains("growing memory") => format!("exceeded its memory limit ({c})"),
-                c => c,
-            },
-        })
-    })
+fn to_wit(ev: HostEvent) -> wit::HostEvent {
+    match ev {
+        HostEvent::CommandDone(id, r) => wit::HostEvent::CommandDone((id, r)),
+        HostEvent::Http(id, r) => wit::HostEvent::HttpResponse((
+            id,
+            r.map(|a| wit::HttpResponse {
+                status: a.status,
+                headers: a.headers,
+                body: a.body,
+            }),
+        )),
+        HostEvent::StatusChanged(id, v) => {
+            wit::HostEvent::StatusChanged((id, v.map(|v| v.to_string())))
+        }
+        HostEvent::CallResult(id, r) => wit::HostEvent::CallResult((id, r.map(|v| v.to_string()))),
+        HostEvent::MqttMessage(topic, payload) => wit::HostEvent::MqttMessage((topic, payload)),
+    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::runtime::bindings::lintel::driver::host::Host;
-    use crate::state::StatusBus;
-
-    fn host(
-        bus: &StatusBus,
-        outbound: Option<mpsc::Sender<Vec<u8>>>,
-        connected: bool,
-    ) -> ModuleHost {
-        let (events, _) = flume::bounded(4);
-        ModuleHost {
-            module_id: "mod-a".into(),
-            outbound,
-            connected: Arc::new(AtomicBool::new(connected)),
-            status: bus.module("mod-a"),
-            status_keys: 0,
-            timers: Timers {
-                rt: tokio::runtime::Handle::current(),
-                events,
-                active: HashMap::new(),
-            },
-        }
-    }
-
-    #[tokio::test]
-    async fn the_status_key_cap_applies_to_new_keys_only() {
-        let bus = StatusBus::default();
-        let mut h = host(&bus, None, false);
-        for i in 0..MAX_STATUS_KEYS {
-            h.set_status(format!("k{i}"), "1".into()).unwrap();
-        }
-        let e = h.set_status("one-more".into(), "1".into()).unwrap_err();
-        assert!(e.contains("at most 1024"), "{e}");
-        // Existing keys still update.
-        h.set_status("k0".into(), "2".into()).unwrap();
-        assert_eq!(*bus.get("mod-a", "k0").unwrap(), serde_json::json!(2));
-        assert!(bus.get("mod-a", "one-more").is_none());
-    }
-
-    #[tokio::test]
-    async fn bad_driver_output_is_refused_with_a_reason() {
-        let bus = StatusBus::default();
-        let mut h = host(&bus, None, false);
-        let cases = [
-            (String::new(), "1".to_string(), "status key"),
-            ("k".repeat(MAX_STATUS_KEY + 1), "1".into(), "status key"),
-            ("a\nb".into(), "1".into(), "control"),
-            ("connected".into(), "true".into(), "set by the engine"),
-            ("x".into(), "{not json".into(), "not JSON"),
-            (
-                "x".into(),
-                format!("\"{}\"", "y".repeat(MAX_STATUS_VALUE)),
-                "limit",
-            ),
-        ];
-        for (key, value, why) in cases {
-            let e = h.set_status(key.clone(), value).unwrap_err();
-            assert!(e.contains(why), "{key:?}: {e}");
-        }
-        assert!(bus.snapshot("mod-a").unwrap().is_empty());
-        assert!(h.send(b"x".to_vec()).unwrap_err().contains("no transport"));
-
-        let (tx, _rx) = mpsc::channel(1);
-        let mut h = host(&bus, Some(tx), false);
-        assert_eq!(h.send(b"x".to_vec()).unwrap_err(), "not connected");
-        h.connected.store(true, Ordering::SeqCst);
-        let e = h.send(vec![0; MAX_FRAME_BYTES + 1]).unwrap_err();
-        assert!(e.contains("limit"), "{e}");
-        h.send(b"x".to_vec()).unwrap();
-        assert_eq!(h.send(b"y".to_vec()).unwrap_err(), "send queue full");
-    }
-
-    #[test]
-    fn truncation_respects_utf8() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("abc", 10), "abc");
-    }
+/// One line saying why a guest call trapped (deadline, memory limit, panic).
+fn trap_reason(e: wasmtime::Error) -> Trap {
+    // The wasm backtrace is for developers; operators get the cause in one line.
+    tracing::debug!(error = format!("{e:?}"), "guest trap details");
+    Trap(match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => "ran past its time budget (interrupted)".into(),
+        Some(trap) => trap.to_string(),
+        None => match e.root_cause().to_string() {
+            c if c.contains("growing memory") => format!("exceeded its memory limit ({c})"),
+            c => c,
+        },
+    })
 }

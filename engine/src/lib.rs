@@ -8,23 +8,37 @@
 
 mod actor;
 mod error;
+pub mod harness;
+mod host;
+mod links;
+mod queue;
 mod runtime;
 mod state;
+mod timers;
 mod transport;
 
+pub use actor::{DRIVER_ERROR_KEY, HostEvent, HttpAnswer, ModuleSettings};
 pub use error::{EngineError, Result};
+pub use host::{
+    HttpCall, LogLevel, LogLine, MAX_RESULT_BYTES, MAX_STATUS_KEYS, MAX_STATUS_VALUE, ModuleTarget,
+    OutputLimits, StatusTarget,
+};
+pub use queue::SendOptions;
 pub use runtime::{
-    DriverInfo, DriverRuntime, FunctionInfo, ParameterInfo, SandboxLimits, TransportKind,
-    sha256_hex,
+    Budget, DriverInfo, DriverRuntime, FunctionInfo, ParameterInfo, SUPPORTED_ABI, SandboxLimits,
+    TransportKind, sha256_hex,
 };
 pub use state::{StatusBus, StatusChange};
+pub use timers::{MAX_TIMERS, Schedule};
 pub use transport::{InProcessEndpoint, MAX_FRAME_BYTES, Target};
 
-use actor::{Event, ModuleActor, ModuleHost};
-use lintel_model::{ControlSystem, DriverRecord, Module, ModuleSlug, Settings, SettingsBody};
-use lintel_store::{ListOptions, Store, StoreExt};
+use actor::{Event, ModuleActor, SystemClock};
+use lintel_model::{
+    ControlSystem, DriverRecord, DriverRole, Module, ModuleSlug, SandboxBudget, Settings,
+    SettingsBody,
+};
+use lintel_store::{Actor, ListOptions, Store, StoreExt};
 use parking_lot::{Mutex, RwLock};
-use runtime::Sandbox;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -33,7 +47,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::Linker;
 
 /// The `lintel:driver` WIT package version this engine implements.
 pub const DRIVER_ABI: &str = "0.1.0";
@@ -56,8 +69,10 @@ pub struct EngineConfig {
     pub exec_timeout: Duration,
     /// Events waiting for one module (transport data, timers, execs).
     pub event_queue: usize,
-    /// Bytes waiting to be written to one device.
-    pub send_queue: usize,
+    /// Rates and queue depth of what one module may produce.
+    pub output: OutputLimits,
+    /// Worker threads that run module actors (0: one per CPU core).
+    pub workers: usize,
 }
 
 impl EngineConfig {
@@ -68,20 +83,67 @@ impl EngineConfig {
             limits: SandboxLimits::default(),
             exec_timeout: Duration::from_secs(5),
             event_queue: 256,
-            send_queue: 64,
+            output: OutputLimits::default(),
+            workers: 0,
         }
     }
 }
 
 struct RunningModule {
     tenant_id: String,
-    /// The stored config it was started from (see [`ModuleConfig::fingerprint`]).
-    fingerprint: String,
-    info: Arc<DriverInfo>,
+    /// The stored config it runs (see [`ModuleConfig::fingerprint`]).
+    fingerprint: Mutex<String>,
+    /// Version of the module record it was started from (a change restarts it).
+    module_version: u64,
+    info: RwLock<Arc<DriverInfo>>,
+    component_hash: Mutex<String>,
     events: flume::Sender<Event>,
     cancel: CancellationToken,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     last_error: Arc<Mutex<Option<String>>>,
+}
+
+/// What happened to each running module when a driver was upgraded.
+#[derive(Debug)]
+pub struct UploadReport {
+    pub driver: DriverRecord,
+    pub info: DriverInfo,
+    /// Per running module of the driver: reloaded, or why it kept the old version.
+    pub modules: Vec<(String, std::result::Result<(), String>)>,
+}
+
+/// The worker threads module actors run on, apart from the API's and transports' threads.
+struct ModuleExecutor {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl ModuleExecutor {
+    fn new(workers: usize) -> Result<Self> {
+        let workers = if workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            workers
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("lintel-module")
+            .enable_all()
+            .build()
+            .map_err(internal)?;
+        Ok(ModuleExecutor { rt: Some(rt) })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.rt.as_ref().expect("present until drop").handle()
+    }
+}
+
+impl Drop for ModuleExecutor {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// What a module is started from: its record, its driver, its settings records (in
@@ -93,6 +155,10 @@ struct ModuleConfig {
 }
 
 impl ModuleConfig {
+    fn budget(&self) -> Budget {
+        budget(&self.driver.sandbox)
+    }
+
     /// Versions of everything the module was started from: equal fingerprints, same config.
     fn fingerprint(&self) -> String {
         let mut f = format!(
@@ -106,16 +172,35 @@ impl ModuleConfig {
     }
 }
 
+fn budget(b: &SandboxBudget) -> Budget {
+    Budget {
+        memory_bytes: b.memory_mb.map(|m| m as usize * 1024 * 1024),
+        event_budget: b.event_budget_ms.map(|m| Duration::from_millis(m.into())),
+    }
+}
+
+/// Finds modules by name in a system and reaches running ones (shared with the links
+/// through which logic modules subscribe to and call other modules).
+pub(crate) struct Router {
+    store: Arc<dyn Store>,
+    status: Arc<StatusBus>,
+    modules: RwLock<HashMap<String, Arc<RunningModule>>>,
+    exec_timeout: Duration,
+}
+
 /// The engine. Cheap to share behind an `Arc`.
 pub struct Engine {
     cfg: EngineConfig,
     runtime: Arc<DriverRuntime>,
-    linker: Arc<Linker<Sandbox<ModuleHost>>>,
+    router: Arc<Router>,
     store: Arc<dyn Store>,
     status: Arc<StatusBus>,
-    modules: RwLock<HashMap<String, Arc<RunningModule>>>,
     endpoints: transport::Endpoints,
     ready: AtomicBool,
+    clock: Arc<SystemClock>,
+    http: reqwest::Client,
+    // Last: module tasks stop before the runtime they use goes away.
+    executor: ModuleExecutor,
 }
 
 fn internal(e: impl std::fmt::Display) -> EngineError {
@@ -124,18 +209,36 @@ fn internal(e: impl std::fmt::Display) -> EngineError {
 
 impl Engine {
     pub fn new(cfg: EngineConfig, store: Arc<dyn Store>) -> Result<Self> {
-        let runtime = Arc::new(DriverRuntime::new(&cfg.data_dir, cfg.limits.clone())?);
-        let linker = Arc::new(DriverRuntime::linker::<ModuleHost>(runtime.engine())?);
+        let mut limits = cfg.limits.clone();
+        limits.stderr_bytes = limits.stderr_bytes.max(1);
+        let runtime = Arc::new(DriverRuntime::new(&cfg.data_dir, limits)?);
+        let status = Arc::new(StatusBus::default());
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(internal)?;
         Ok(Engine {
+            executor: ModuleExecutor::new(cfg.workers)?,
+            router: Arc::new(Router {
+                store: store.clone(),
+                status: status.clone(),
+                modules: RwLock::new(HashMap::new()),
+                exec_timeout: cfg.exec_timeout,
+            }),
             cfg,
             runtime,
-            linker,
             store,
-            status: Arc::new(StatusBus::default()),
-            modules: RwLock::new(HashMap::new()),
+            status,
             endpoints: Default::default(),
             ready: AtomicBool::new(false),
+            clock: Arc::new(SystemClock::default()),
+            http,
         })
+    }
+
+    pub fn runtime(&self) -> &Arc<DriverRuntime> {
+        &self.runtime
     }
 
     /// Make an in-process device reachable at `sim://<name>`.
@@ -155,15 +258,61 @@ impl Engine {
         tenant_id: &str,
         bytes: Vec<u8>,
     ) -> Result<(String, DriverInfo)> {
-        let rt = self.runtime.clone();
-        let (bytes, (hash, info)) = tokio::task::spawn_blocking(move || {
-            let installed = rt.install(&bytes)?;
-            Ok::<_, EngineError>((bytes, installed))
-        })
-        .await
-        .map_err(internal)??;
+        let (hash, info) = self.runtime.install(&bytes).await?;
         self.store.put_blob(tenant_id, &hash, bytes).await?;
         Ok((hash, info))
+    }
+
+    /// Upload a driver component: validate and keep it, then create a driver record for it
+    /// (`driver_id: None`) or upgrade an existing driver. Each running module of an
+    /// upgraded driver is hot-reloaded keeping its connection and queued commands; a
+    /// module whose new version fails `on-load` keeps running the old version, and the
+    /// report says why.
+    pub async fn upload_driver(
+        &self,
+        actor: &Actor,
+        tenant_id: &str,
+        bytes: Vec<u8>,
+        driver_id: Option<&str>,
+    ) -> Result<UploadReport> {
+        let (hash, info) = self.install_component(tenant_id, bytes).await?;
+        let driver = match driver_id {
+            None => {
+                let role = if info.transport == TransportKind::None {
+                    DriverRole::Logic
+                } else {
+                    DriverRole::Device
+                };
+                self.store
+                    .create(actor, info.to_record(tenant_id, hash, role))
+                    .await?
+            }
+            Some(id) => {
+                let mut d: DriverRecord = self.store.require(tenant_id, id).await?;
+                let fresh = info.to_record(tenant_id, hash, d.role);
+                d.name = fresh.name;
+                d.module_name = fresh.module_name;
+                d.description = fresh.description;
+                d.component_hash = fresh.component_hash;
+                d.metadata = fresh.metadata;
+                self.store.update(actor, d).await?
+            }
+        };
+        let mut modules = Vec::new();
+        if driver_id.is_some() {
+            for id in self.modules_of_driver(tenant_id, &driver.id).await? {
+                if !self.router.modules.read().contains_key(&id) {
+                    continue;
+                }
+                let r = self.sync_module(tenant_id, &id).await;
+                modules.push((id, r));
+            }
+        }
+        Ok(UploadReport {
+            driver,
+            info,
+            modules,
+        })
     }
 
     /// The compiled component `hash`: from this engine's cache, or fetched from the Store
@@ -182,24 +331,19 @@ impl Engine {
             })?;
             Some(bytes)
         };
-        let hash = hash.to_string();
-        tokio::task::spawn_blocking(move || {
-            if let Some(bytes) = fetched {
-                // `install` compiles, caches and inspects it: no second inspection.
-                let (installed, info) = rt.install(&bytes)?;
-                if installed != hash {
-                    return Err(EngineError::Internal(format!(
-                        "stored driver component {hash} does not match its hash"
-                    )));
-                }
-                return Ok((rt.component(&hash)?, info));
+        if let Some(bytes) = fetched {
+            // `install` compiles, caches and inspects it: no second inspection.
+            let (installed, info) = rt.install(&bytes).await?;
+            if installed != hash {
+                return Err(EngineError::Internal(format!(
+                    "stored driver component {hash} does not match its hash"
+                )));
             }
-            let c = rt.component(&hash)?;
-            let info = rt.inspect(&c)?;
-            Ok::<_, EngineError>((c, info))
-        })
-        .await
-        .map_err(internal)?
+            return Ok((rt.component(hash)?, info));
+        }
+        let c = rt.component(hash)?;
+        let info = rt.inspect(&c).await?;
+        Ok((c, info))
     }
 
     /// Start every module marked `running`, in every tenant. Marks the engine ready.
@@ -223,7 +367,7 @@ impl Engine {
             }
         }
         self.ready.store(true, Ordering::SeqCst);
-        metrics::gauge!("lintel_modules_running").set(self.modules.read().len() as f64);
+        metrics::gauge!("lintel_modules_running").set(self.running_modules() as f64);
         Ok(started)
     }
 
@@ -286,7 +430,9 @@ impl Engine {
         match affected {
             Ok(ids) => {
                 for id in ids {
-                    self.sync_module(&c.tenant_id, &id).await;
+                    if let Err(e) = self.sync_module(&c.tenant_id, &id).await {
+                        tracing::warn!(module = %id, error = %e, "module config change not fully applied");
+                    }
                 }
             }
             Err(e) => {
@@ -324,24 +470,145 @@ impl Engine {
         })
     }
 
-    /// Make one module match its stored config: (re)start it or stop it.
-    async fn sync_module(&self, tenant_id: &str, module_id: &str) {
-        match self.store.get::<Module>(tenant_id, module_id).await {
-            Ok(Some(m)) if m.running => {
-                if let Err(e) = self.start_module(tenant_id, module_id).await {
-                    tracing::error!(module = %module_id, error = %e, "module not restarted after a config change");
-                }
+    /// Make one module match its stored config with as little disruption as possible:
+    /// nothing if nothing changed; new settings → `on-update`; a new driver version → hot
+    /// reload (keeping the connection); a changed module record → restart; switched off or
+    /// deleted → stop. `Err` says why a change was not applied (the module keeps running
+    /// what it ran, e.g. a new version that failed `on-load`).
+    async fn sync_module(
+        &self,
+        tenant_id: &str,
+        module_id: &str,
+    ) -> std::result::Result<(), String> {
+        let m = self
+            .store
+            .get::<Module>(tenant_id, module_id)
+            .await
+            .map_err(|e| format!("cannot read the module: {e}"))?;
+        if !m.is_some_and(|m| m.running) {
+            if self.router.modules.read().contains_key(module_id) {
+                tracing::info!(module = %module_id, "module stopped: switched off or deleted");
             }
-            Ok(_) => {
-                if self.modules.read().contains_key(module_id) {
-                    tracing::info!(module = %module_id, "module stopped: switched off or deleted");
-                }
-                self.stop_module(module_id).await;
+            self.stop_module(module_id).await;
+            return Ok(());
+        }
+        let running = self.router.modules.read().get(module_id).cloned();
+        if let Some(running) = running {
+            let cfg = self
+                .module_config(tenant_id, module_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            if *running.fingerprint.lock() == cfg.fingerprint() {
+                return Ok(());
             }
-            Err(e) => {
-                tracing::error!(module = %module_id, error = %e, "cannot read a changed module")
+            if running.module_version == cfg.module.version {
+                match self.reload_in_place(&running, cfg).await {
+                    Ok(r) => return r,
+                    Err(why) => tracing::info!(module = %module_id, %why, "restarting the module"),
+                }
             }
         }
+        self.start_module(tenant_id, module_id)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Apply new settings or a new driver version to a running module without restarting
+    /// it. The outer `Err` means it cannot be done in place (restart instead); the inner
+    /// result is the module's answer.
+    async fn reload_in_place(
+        &self,
+        running: &RunningModule,
+        cfg: ModuleConfig,
+    ) -> std::result::Result<std::result::Result<(), String>, String> {
+        let tenant_id = &running.tenant_id;
+        let fingerprint = cfg.fingerprint();
+        let budget = cfg.budget();
+        let same_driver = *running.component_hash.lock() == cfg.driver.component_hash;
+        let (component, info) = self
+            .load_component(tenant_id, &cfg.driver.component_hash)
+            .await
+            .map_err(|e| e.to_string())?;
+        let old = running.info.read().clone();
+        if info.transport != old.transport || info.framing != old.framing {
+            return Err("the new version needs a different transport".into());
+        }
+        let settings = self
+            .merged_settings(&info, &cfg)
+            .map_err(|e| e.to_string())?;
+        let (reply, answer) = oneshot::channel();
+        let ev = if same_driver {
+            Event::Update { settings, reply }
+        } else {
+            Event::Reload {
+                component,
+                info: Arc::new(info.clone()),
+                budget,
+                settings,
+                reply,
+            }
+        };
+        running
+            .events
+            .send_async(ev)
+            .await
+            .map_err(|_| "the module stopped".to_string())?;
+        let outcome = tokio::time::timeout(self.cfg.exec_timeout * 4, answer)
+            .await
+            .map_err(|_| "the module did not answer the reload in time".to_string())?
+            .map_err(|_| "the module stopped".to_string())?;
+        // Applied or refused, this config has been tried: do not retry it on every change.
+        *running.fingerprint.lock() = fingerprint;
+        match &outcome {
+            Ok(()) => {
+                if !same_driver {
+                    tracing::info!(module = %cfg.module.id, from = %old.version, to = %info.version, "driver hot-reloaded");
+                    *running.info.write() = Arc::new(info);
+                    *running.component_hash.lock() = cfg.driver.component_hash.clone();
+                }
+            }
+            Err(e) => {
+                let what = if same_driver {
+                    "new settings were refused".to_string()
+                } else {
+                    format!(
+                        "driver version {} failed to load; still running {}",
+                        info.version, old.version
+                    )
+                };
+                tracing::warn!(module = %cfg.module.id, error = %e, "{what}");
+                *running.last_error.lock() = Some(format!("{what}: {e}"));
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Settings, nearest wins: component defaults < driver record < module. Sealed values
+    /// (every level, `never_display` included) are opened only here, inside the engine.
+    fn merged_settings(&self, info: &DriverInfo, cfg: &ModuleConfig) -> Result<ModuleSettings> {
+        let mut settings = info.default_settings.clone();
+        merge(&mut settings, &cfg.driver.default_settings);
+        for s in &cfg.settings {
+            match &s.body {
+                SettingsBody::Plain(v) => merge(&mut settings, v),
+                SettingsBody::Sealed(_) => {
+                    let opened = self
+                        .cfg
+                        .secrets
+                        .as_ref()
+                        .ok_or_else(|| "no secret keyring".to_string())
+                        .and_then(|o| o.open(s))
+                        .map_err(|why| {
+                            EngineError::Internal(format!(
+                                "module {}: sealed settings {} cannot be opened: {why}",
+                                cfg.module.id, s.id
+                            ))
+                        })?;
+                    merge(&mut settings, &opened);
+                }
+            }
+        }
+        Ok(ModuleSettings::split(settings, info))
     }
 
     /// Bring every module in line with the Store (after a lagging change feed).
@@ -369,6 +636,7 @@ impl Engine {
         };
         let known: std::collections::HashSet<&String> = wanted.iter().map(|(_, m)| m).collect();
         let gone: Vec<String> = self
+            .router
             .modules
             .read()
             .keys()
@@ -379,16 +647,10 @@ impl Engine {
             self.stop_module(&id).await;
         }
         for (tenant, id) in &wanted {
-            // Only what changed: a lagging feed must not restart every module.
-            let current = self.modules.read().get(id).map(|m| m.fingerprint.clone());
-            if let Some(current) = current
-                && let Ok(cfg) = self.module_config(tenant, id).await
-                && cfg.module.running
-                && cfg.fingerprint() == current
-            {
-                continue;
+            // Only what changed: `sync_module` compares fingerprints.
+            if let Err(e) = self.sync_module(tenant, id).await {
+                tracing::warn!(module = %id, error = %e, "module not brought in line");
             }
-            self.sync_module(tenant, id).await;
         }
     }
 
@@ -397,68 +659,37 @@ impl Engine {
     }
 
     pub fn running_modules(&self) -> usize {
-        self.modules.read().len()
+        self.router.modules.read().len()
     }
 
     /// Start (or restart) one module from its stored config.
     pub async fn start_module(&self, tenant_id: &str, module_id: &str) -> Result<()> {
         let cfg = self.module_config(tenant_id, module_id).await?;
         let fingerprint = cfg.fingerprint();
-        let ModuleConfig {
-            module,
-            driver,
-            settings: module_settings,
-        } = cfg;
         self.stop_module(module_id).await;
 
         let (component, info) = self
-            .load_component(tenant_id, &driver.component_hash)
+            .load_component(tenant_id, &cfg.driver.component_hash)
             .await?;
+        let settings = self.merged_settings(&info, &cfg)?;
         let info = Arc::new(info);
-
-        // Settings, nearest wins: component defaults < driver record < module.
-        let mut settings = info.default_settings.clone();
-        merge(&mut settings, &driver.default_settings);
-        for s in &module_settings {
-            match &s.body {
-                SettingsBody::Plain(v) => merge(&mut settings, v),
-                // Sealed values (every level, `never_display` included) reach the driver
-                // only here, inside the engine.
-                SettingsBody::Sealed(_) => {
-                    let opened = self
-                        .cfg
-                        .secrets
-                        .as_ref()
-                        .ok_or_else(|| "no secret keyring".to_string())
-                        .and_then(|o| o.open(s))
-                        .map_err(|why| {
-                            EngineError::Internal(format!(
-                                "module {}: sealed settings {} cannot be opened: {why}",
-                                module.id, s.id
-                            ))
-                        })?;
-                    merge(&mut settings, &opened);
-                }
-            }
-        }
+        let module = &cfg.module;
 
         let module_id: Arc<str> = module.id.as_str().into();
         let status = self.status.module(&module.id);
         let (events_tx, events_rx) = flume::bounded(self.cfg.event_queue);
         let cancel = CancellationToken::new();
-        let connected = Arc::new(AtomicBool::new(false));
         let endpoint = module.endpoint();
-        let outbound = match (info.transport, endpoint.as_deref()) {
-            (TransportKind::None, _) => None,
-            (TransportKind::Tcp, None) => {
-                return Err(EngineError::Internal(format!(
-                    "module {} needs a device uri (tcp://host:port)",
-                    module.id
-                )));
-            }
-            (TransportKind::Tcp, Some(uri)) => {
+        let need = |what: &str| {
+            EngineError::Internal(format!("module {} needs a device uri ({what})", module.id))
+        };
+        let mut base_uri = None;
+        let outbound = match info.transport {
+            TransportKind::None => None,
+            TransportKind::Tcp => {
+                let uri = endpoint.as_deref().ok_or_else(|| need("tcp://host:port"))?;
                 let target = Target::parse(uri).map_err(EngineError::Internal)?;
-                let (tx, rx) = mpsc::channel(self.cfg.send_queue);
+                let (tx, rx) = mpsc::channel(self.cfg.output.queue_depth.max(1));
                 let task = transport::TransportTask {
                     module_id: module_id.clone(),
                     target,
@@ -466,73 +697,173 @@ impl Engine {
                     endpoints: self.endpoints.clone(),
                     events: events_tx.clone(),
                     outbound: rx,
-                    connected: connected.clone(),
+                    connected: Arc::new(AtomicBool::new(false)),
                     status: status.clone(),
                     cancel: cancel.clone(),
                 };
                 tokio::spawn(task.run());
                 Some(tx)
             }
+            TransportKind::Http => {
+                let uri = endpoint
+                    .as_deref()
+                    .ok_or_else(|| need("http(s)://host[:port]"))?;
+                base_uri = Some(links::base_url(uri).map_err(EngineError::Internal)?);
+                None
+            }
+            other => {
+                return Err(EngineError::Internal(format!(
+                    "module {}: the {other:?} transport is not supported by this engine yet",
+                    module.id
+                )));
+            }
         };
         let last_error = Arc::new(Mutex::new(None));
+        let links = links::EngineLinks::new(
+            self.router.clone(),
+            tenant_id.to_string(),
+            module.control_system_id.clone(),
+            base_uri,
+            self.http.clone(),
+            cancel.child_token(),
+        );
         let actor = ModuleActor {
             module_id: module_id.clone(),
             runtime: self.runtime.clone(),
-            linker: self.linker.clone(),
             component,
+            info: info.clone(),
+            budget: cfg.budget(),
             settings,
+            limits: self.cfg.output.clone(),
             events_tx: events_tx.clone(),
             events: events_rx,
             outbound,
-            connected,
             status,
-            rt: tokio::runtime::Handle::current(),
+            clock: self.clock.clone(),
+            links: Box::new(links),
             last_error: last_error.clone(),
+            log_tap: None,
+            cancel: cancel.clone(),
         };
-        let thread = actor.spawn().map_err(internal)?;
-        self.modules.write().insert(
+        let task = self.executor.handle().spawn(actor.run());
+        self.router.modules.write().insert(
             module.id.clone(),
             Arc::new(RunningModule {
                 tenant_id: tenant_id.to_string(),
-                fingerprint,
-                info,
+                fingerprint: Mutex::new(fingerprint),
+                module_version: module.version,
+                info: RwLock::new(info),
+                component_hash: Mutex::new(cfg.driver.component_hash.clone()),
                 events: events_tx,
                 cancel,
-                thread: Mutex::new(Some(thread)),
+                task: Mutex::new(Some(task)),
                 last_error,
             }),
         );
-        metrics::gauge!("lintel_modules_running").set(self.modules.read().len() as f64);
-        tracing::info!(module = %module.id, driver = %driver.name, "module started");
+        metrics::gauge!("lintel_modules_running").set(self.running_modules() as f64);
+        tracing::info!(module = %module.id, driver = %cfg.driver.name, "module started");
         Ok(())
     }
 
     /// Stop a module: its transport closes, its sandbox is dropped, its state is removed.
     pub async fn stop_module(&self, module_id: &str) {
-        let Some(m) = self.modules.write().remove(module_id) else {
+        let Some(m) = self.router.modules.write().remove(module_id) else {
             return;
         };
         m.cancel.cancel();
-        // A full queue must not keep the actor alive: it also exits when all senders drop.
-        let _ = m.events.try_send(Event::Stop);
-        let thread = m.thread.lock().take();
+        let task = m.task.lock().take();
         drop(m);
-        if let Some(t) = thread {
-            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        if let Some(t) = task {
+            let _ = t.await;
         }
         self.status.remove(module_id);
-        metrics::gauge!("lintel_modules_running").set(self.modules.read().len() as f64);
+        metrics::gauge!("lintel_modules_running").set(self.running_modules() as f64);
     }
 
     /// Stop every module (graceful shutdown).
     pub async fn shutdown(&self) {
         self.ready.store(false, Ordering::SeqCst);
-        let ids: Vec<String> = self.modules.read().keys().cloned().collect();
+        let ids: Vec<String> = self.router.modules.read().keys().cloned().collect();
         for id in ids {
             self.stop_module(&id).await;
         }
     }
 
+    fn running(&self, tenant_id: &str, module_id: &str) -> Result<Arc<RunningModule>> {
+        self.router.running(tenant_id, module_id)
+    }
+
+    /// The module `slug` (`Display_1`) in system `system_id`, within the tenant.
+    pub async fn resolve(&self, tenant_id: &str, system_id: &str, slug: &str) -> Result<String> {
+        self.router.resolve(tenant_id, system_id, slug).await
+    }
+
+    /// All of a module's state.
+    pub fn state(&self, tenant_id: &str, module_id: &str) -> Result<BTreeMap<String, Value>> {
+        self.running(tenant_id, module_id)?;
+        self.status
+            .snapshot(module_id)
+            .ok_or_else(|| EngineError::ModuleNotRunning(module_id.to_string()))
+    }
+
+    /// One status key of a module (`None` if the driver never set it).
+    pub fn state_key(&self, tenant_id: &str, module_id: &str, key: &str) -> Result<Option<Value>> {
+        self.running(tenant_id, module_id)?;
+        Ok(self.status.get(module_id, key).map(|v| (*v).clone()))
+    }
+
+    pub fn driver_info(&self, tenant_id: &str, module_id: &str) -> Result<Arc<DriverInfo>> {
+        Ok(self.running(tenant_id, module_id)?.info.read().clone())
+    }
+
+    /// Why the module's sandbox is not running, or its last refused change.
+    pub fn module_error(&self, tenant_id: &str, module_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .running(tenant_id, module_id)?
+            .last_error
+            .lock()
+            .clone())
+    }
+
+    /// Call `function` on a module with positional JSON arguments.
+    pub async fn exec(
+        &self,
+        tenant_id: &str,
+        module_id: &str,
+        function: &str,
+        args: Vec<Value>,
+    ) -> Result<Value> {
+        self.router.exec(tenant_id, module_id, function, args).await
+    }
+
+    /// Wait until the module has handled every event queued before this call.
+    pub async fn settle(&self, tenant_id: &str, module_id: &str) -> Result<()> {
+        let m = self.running(tenant_id, module_id)?;
+        let (done, wait) = oneshot::channel();
+        m.events
+            .send_async(Event::Barrier(done))
+            .await
+            .map_err(|_| EngineError::ModuleNotRunning(module_id.to_string()))?;
+        wait.await
+            .map_err(|_| EngineError::ModuleNotRunning(module_id.to_string()))
+    }
+
+    /// Whether the store answers.
+    pub async fn store_ok(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
+}
+
+/// Shallow merge of JSON objects: keys of `over` replace those of `base`.
+fn merge(base: &mut Value, over: &Value) {
+    if let (Some(b), Some(o)) = (base.as_object_mut(), over.as_object()) {
+        for (k, v) in o {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+}
+
+impl Router {
     fn running(&self, tenant_id: &str, module_id: &str) -> Result<Arc<RunningModule>> {
         match self.modules.read().get(module_id) {
             Some(m) if m.tenant_id == tenant_id => Ok(m.clone()),
@@ -542,7 +873,12 @@ impl Engine {
     }
 
     /// The module `slug` (`Display_1`) in system `system_id`, within the tenant.
-    pub async fn resolve(&self, tenant_id: &str, system_id: &str, slug: &str) -> Result<String> {
+    pub(crate) async fn resolve(
+        &self,
+        tenant_id: &str,
+        system_id: &str,
+        slug: &str,
+    ) -> Result<String> {
         let slug =
             ModuleSlug::parse(slug).map_err(|e| EngineError::ModuleNotFound(e.to_string()))?;
         let system: ControlSystem = self
@@ -578,35 +914,7 @@ impl Engine {
         )))
     }
 
-    /// All of a module's state.
-    pub fn state(&self, tenant_id: &str, module_id: &str) -> Result<BTreeMap<String, Value>> {
-        self.running(tenant_id, module_id)?;
-        self.status
-            .snapshot(module_id)
-            .ok_or_else(|| EngineError::ModuleNotRunning(module_id.to_string()))
-    }
-
-    /// One status key of a module (`None` if the driver never set it).
-    pub fn state_key(&self, tenant_id: &str, module_id: &str, key: &str) -> Result<Option<Value>> {
-        self.running(tenant_id, module_id)?;
-        Ok(self.status.get(module_id, key).map(|v| (*v).clone()))
-    }
-
-    pub fn driver_info(&self, tenant_id: &str, module_id: &str) -> Result<Arc<DriverInfo>> {
-        Ok(self.running(tenant_id, module_id)?.info.clone())
-    }
-
-    /// Why the module's sandbox is not running, if it is not.
-    pub fn module_error(&self, tenant_id: &str, module_id: &str) -> Result<Option<String>> {
-        Ok(self
-            .running(tenant_id, module_id)?
-            .last_error
-            .lock()
-            .clone())
-    }
-
-    /// Call `function` on a module with positional JSON arguments.
-    pub async fn exec(
+    pub(crate) async fn exec(
         &self,
         tenant_id: &str,
         module_id: &str,
@@ -614,8 +922,8 @@ impl Engine {
         args: Vec<Value>,
     ) -> Result<Value> {
         let m = self.running(tenant_id, module_id)?;
-        let f = m
-            .info
+        let info = m.info.read().clone();
+        let f = info
             .function(function)
             .ok_or_else(|| EngineError::FunctionNotFound {
                 module: module_id.to_string(),
@@ -634,32 +942,17 @@ impl Engine {
                 EngineError::ModuleNotRunning(module_id.to_string())
             }
         })?;
-        let timeout = self.cfg.exec_timeout;
-        let json = tokio::time::timeout(timeout, answer)
+        let timeout = self.exec_timeout;
+        tokio::time::timeout(timeout, answer)
             .await
             .map_err(|_| EngineError::Timeout(timeout.as_millis() as u64))?
-            .map_err(|_| EngineError::ModuleNotRunning(module_id.to_string()))??;
-        serde_json::from_str(&json)
-            .map_err(|e| EngineError::Driver(format!("the driver returned invalid JSON: {e}")))
-    }
-
-    /// Whether the store answers.
-    pub async fn store_ok(&self) -> bool {
-        self.store.ping().await.is_ok()
+            .map_err(|_| EngineError::ModuleNotRunning(module_id.to_string()))?
     }
 }
 
-/// Shallow merge of JSON objects: keys of `over` replace those of `base`.
-fn merge(base: &mut Value, over: &Value) {
-    if let (Some(b), Some(o)) = (base.as_object_mut(), over.as_object()) {
-        for (k, v) in o {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-}
-
-/// Check argument count and each argument's JSON type against the function's schema.
-fn check_arguments(f: &FunctionInfo, args: &[Value]) -> Result<()> {
+/// Check the arguments against the function's parameters: count, then each argument
+/// against its parameter's JSON Schema.
+pub(crate) fn check_arguments(f: &FunctionInfo, args: &[Value]) -> Result<()> {
     let bad = |message: String| EngineError::BadArguments {
         function: f.name.clone(),
         message,
@@ -678,21 +971,12 @@ fn check_arguments(f: &FunctionInfo, args: &[Value]) -> Result<()> {
             }
             continue;
         };
-        if let Some(ty) = p.schema.get("type").and_then(Value::as_str) {
-            let ok = match ty {
-                "boolean" => arg.is_boolean(),
-                "integer" => arg.is_i64() || arg.is_u64(),
-                "number" => arg.is_number(),
-                "string" => arg.is_string(),
-                "array" => arg.is_array(),
-                "object" => arg.is_object(),
-                "null" => arg.is_null(),
-                _ => true,
-            };
-            if !ok {
-                return Err(bad(format!("parameter `{}` must be of type {ty}", p.name)));
-            }
+        if arg.is_null() && !p.required {
+            continue; // an optional parameter left out in the middle
         }
+        p.check
+            .check(arg)
+            .map_err(|e| bad(format!("parameter `{}`: {e}", p.name)))?;
     }
     Ok(())
 }

@@ -10,19 +10,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::error::{EngineError, Result};
+use crate::host::ModuleHost;
 use crate::transport::{Framing, MAX_FRAME_BYTES};
 
 pub(crate) mod bindings {
+    // Guest calls are async so a long call yields its worker thread at every epoch tick
+    // (time slicing between modules); host imports are plain functions (they never block).
     wasmtime::component::bindgen!({
         path: "../drivers/sdk/wit",
         world: "driver",
+        exports: { default: async },
     });
 }
+
+/// The `lintel:driver` package versions this engine runs (same major.minor, any patch).
+pub const SUPPORTED_ABI: &str = "0.1";
 
 use bindings::lintel::driver::types as wit;
 
@@ -38,6 +45,8 @@ pub struct SandboxLimits {
     pub event_budget: Duration,
     /// Bytes of a driver's stderr kept (panic messages), per instance.
     pub stderr_bytes: usize,
+    /// Module instances the pooling allocator reserves room for (0: allocate on demand).
+    pub max_modules: u32,
 }
 
 impl Default for SandboxLimits {
@@ -46,8 +55,16 @@ impl Default for SandboxLimits {
             memory_bytes: 32 * 1024 * 1024,
             event_budget: Duration::from_millis(100),
             stderr_bytes: 16 * 1024,
+            max_modules: 0,
         }
     }
+}
+
+/// Per-driver overrides of the sandbox limits (from the driver record).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub memory_bytes: Option<usize>,
+    pub event_budget: Option<Duration>,
 }
 
 /// A function a driver offers.
@@ -56,6 +73,8 @@ pub struct FunctionInfo {
     pub name: String,
     pub description: String,
     pub parameters: Vec<ParameterInfo>,
+    /// JSON Schema of the result.
+    pub returns: Value,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -63,13 +82,68 @@ pub struct ParameterInfo {
     pub name: String,
     pub schema: Value,
     pub required: bool,
+    #[serde(skip)]
+    pub(crate) check: SchemaCheck,
 }
 
+/// A compiled JSON Schema that arguments are checked against before reaching the driver.
+#[derive(Clone)]
+pub(crate) struct SchemaCheck(Arc<jsonschema::Validator>);
+
+impl std::fmt::Debug for SchemaCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SchemaCheck")
+    }
+}
+
+impl PartialEq for SchemaCheck {
+    fn eq(&self, _: &Self) -> bool {
+        true // derived from `schema`, which is compared
+    }
+}
+
+impl SchemaCheck {
+    fn compile(schema: &Value) -> std::result::Result<Self, String> {
+        jsonschema::meta::validate(schema).map_err(|e| e.to_string())?;
+        jsonschema::validator_for(schema)
+            .map(|v| SchemaCheck(Arc::new(v)))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Why `value` does not match, if it does not (the first few reasons).
+    pub(crate) fn check(&self, value: &Value) -> std::result::Result<(), String> {
+        let errors: Vec<String> = self
+            .0
+            .iter_errors(value)
+            .take(3)
+            .map(|e| {
+                let at = e.instance_path().to_string();
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
+
+/// The transport a driver needs (the WIT `transport-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TransportKind {
     None,
     Tcp,
+    Udp,
+    Tls,
+    Http,
+    Websocket,
+    Mqtt,
 }
 
 /// What a driver component declared about itself, validated.
@@ -78,10 +152,16 @@ pub struct DriverInfo {
     pub name: String,
     pub module_name: String,
     pub description: String,
+    /// The driver's own version (its crate version unless it says otherwise).
+    pub version: String,
+    /// The `lintel:driver` package version the component was built against.
+    pub abi: String,
     pub transport: TransportKind,
     #[serde(skip)]
     pub framing: Framing,
     pub default_settings: Value,
+    pub settings_schema: Value,
+    pub secrets: Vec<String>,
     pub functions: Vec<FunctionInfo>,
 }
 
@@ -103,11 +183,15 @@ impl DriverInfo {
             description: self.description.clone(),
             component_hash,
             metadata: serde_json::json!({
-                "abi": crate::DRIVER_ABI,
+                "abi": self.abi,
+                "version": self.version,
                 "transport": self.transport,
+                "settings_schema": self.settings_schema,
+                "secrets": self.secrets,
                 "functions": self.functions,
             }),
             default_settings: Value::Object(Default::default()),
+            sandbox: Default::default(),
             created_at: now,
             updated_at: now,
             version: 0,
@@ -118,7 +202,7 @@ impl DriverInfo {
         self.functions.iter().find(|f| f.name == name)
     }
 
-    fn from_wit(m: wit::DriverMetadata) -> Result<Self> {
+    fn from_wit(m: wit::DriverMetadata, abi: String) -> Result<Self> {
         let bad = |msg: String| EngineError::InvalidDriver(msg);
         if m.name.trim().is_empty() || m.module_name.trim().is_empty() {
             return Err(bad("metadata needs a name and a module-name".into()));
@@ -134,11 +218,27 @@ impl DriverInfo {
                 m.module_name
             )));
         }
-        let default_settings: Value = serde_json::from_str(&m.default_settings)
-            .map_err(|e| bad(format!("default-settings is not JSON: {e}")))?;
-        if !default_settings.is_object() {
-            return Err(bad("default-settings must be a JSON object".into()));
-        }
+        let json = |what: &str, text: &str| -> Result<Value> {
+            let v: Value =
+                serde_json::from_str(text).map_err(|e| bad(format!("{what} is not JSON: {e}")))?;
+            if !v.is_object() {
+                return Err(bad(format!("{what} must be a JSON object")));
+            }
+            Ok(v)
+        };
+        let schema = |what: &str, text: &str| -> Result<(Value, SchemaCheck)> {
+            let v = json(what, text)?;
+            let check = SchemaCheck::compile(&v)
+                .map_err(|e| bad(format!("{what} is not a valid JSON Schema: {e}")))?;
+            Ok((v, check))
+        };
+        let default_settings = json("default-settings", &m.default_settings)?;
+        let (settings_schema, settings_check) = schema("settings-schema", &m.settings_schema)?;
+        settings_check.check(&default_settings).map_err(|e| {
+            bad(format!(
+                "default-settings do not match the settings-schema: {e}"
+            ))
+        })?;
         let framing = match m.framing {
             wit::Framing::Raw => Framing::Raw,
             wit::Framing::Delimiter(d) if !d.is_empty() && d.len() <= 16 => Framing::Delimiter(d),
@@ -151,6 +251,12 @@ impl DriverInfo {
                     "fixed-length {n} must be 1..={MAX_FRAME_BYTES}"
                 )));
             }
+            wit::Framing::LengthPrefixed(n @ (1 | 2 | 4)) => Framing::LengthPrefixed(n),
+            wit::Framing::LengthPrefixed(n) => {
+                return Err(bad(format!(
+                    "length-prefixed header of {n} bytes must be 1, 2 or 4"
+                )));
+            }
         };
         let mut functions = Vec::with_capacity(m.functions.len());
         for f in m.functions {
@@ -160,57 +266,77 @@ impl DriverInfo {
                     f.name
                 )));
             }
-            let mut parameters = Vec::with_capacity(f.parameters.len());
+            let mut parameters: Vec<ParameterInfo> = Vec::with_capacity(f.parameters.len());
             for p in f.parameters {
-                let schema: Value = serde_json::from_str(&p.schema).map_err(|e| {
-                    bad(format!(
-                        "schema of `{}.{}` is not JSON: {e}",
-                        f.name, p.name
-                    ))
-                })?;
-                if !schema.is_object() {
+                if parameters.iter().any(|q| q.name == p.name) {
                     return Err(bad(format!(
-                        "schema of `{}.{}` must be an object",
+                        "parameter `{}.{}` is repeated",
                         f.name, p.name
                     )));
                 }
+                if p.required && parameters.last().is_some_and(|q| !q.required) {
+                    return Err(bad(format!(
+                        "required parameter `{}.{}` follows an optional one",
+                        f.name, p.name
+                    )));
+                }
+                let (schema, check) =
+                    schema(&format!("schema of `{}.{}`", f.name, p.name), &p.schema)?;
                 parameters.push(ParameterInfo {
                     name: p.name,
                     schema,
                     required: p.required,
+                    check,
                 });
             }
+            let (returns, _) = schema(&format!("result schema of `{}`", f.name), &f.returns)?;
             functions.push(FunctionInfo {
                 name: f.name,
                 description: f.description,
                 parameters,
+                returns,
             });
         }
+        let mut secrets = m.secrets;
+        secrets.sort();
+        secrets.dedup();
         Ok(DriverInfo {
             name: m.name,
             module_name: m.module_name,
             description: m.description,
+            version: m.version,
+            abi,
             transport: match m.transport {
                 wit::TransportKind::None => TransportKind::None,
                 wit::TransportKind::Tcp => TransportKind::Tcp,
+                wit::TransportKind::Udp => TransportKind::Udp,
+                wit::TransportKind::Tls => TransportKind::Tls,
+                wit::TransportKind::Http => TransportKind::Http,
+                wit::TransportKind::Websocket => TransportKind::Websocket,
+                wit::TransportKind::Mqtt => TransportKind::Mqtt,
             },
             framing,
             default_settings,
+            settings_schema,
+            secrets,
             functions,
         })
     }
 }
 
-/// Per-instance host state. `H` is the host-import implementation (the module actor's).
-pub(crate) struct Sandbox<H> {
-    pub host: H,
+/// Per-instance host state: the module's host imports and its WASI context.
+pub(crate) struct Sandbox {
+    pub host: ModuleHost,
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
     stderr: MemoryOutputPipe,
+    /// Epoch ticks spent in the current call, and the most it may spend.
+    ticks_used: u64,
+    budget_ticks: u64,
 }
 
-impl<H: Send> WasiView for Sandbox<H> {
+impl WasiView for Sandbox {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
@@ -219,60 +345,40 @@ impl<H: Send> WasiView for Sandbox<H> {
     }
 }
 
-impl<H> Sandbox<H> {
+impl Sandbox {
     /// What the guest wrote to stderr (e.g. a panic message), bounded.
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&self.stderr.contents()).into_owned()
     }
 }
 
-/// The host imports a module's sandbox implements.
-pub(crate) trait HostImports: bindings::lintel::driver::host::Host + Send + 'static {}
-impl<T: bindings::lintel::driver::host::Host + Send + 'static> HostImports for T {}
-
-impl<H: HostImports> bindings::lintel::driver::types::Host for Sandbox<H> {}
-impl<H: HostImports> bindings::lintel::driver::host::Host for Sandbox<H> {
-    fn send(&mut self, data: Vec<u8>) -> std::result::Result<(), String> {
-        self.host.send(data)
-    }
-    fn set_status(&mut self, key: String, value: String) -> std::result::Result<(), String> {
-        self.host.set_status(key, value)
-    }
-    fn log(&mut self, level: wit::LogLevel, message: String) {
-        self.host.log(level, message)
-    }
-    fn schedule_every(&mut self, id: u32, period_ms: u32) {
-        self.host.schedule_every(id, period_ms)
-    }
-    fn schedule_in(&mut self, id: u32, delay_ms: u32) {
-        self.host.schedule_in(id, delay_ms)
-    }
-    fn cancel_schedule(&mut self, id: u32) {
-        self.host.cancel_schedule(id)
-    }
-}
-
 /// One instantiated driver in its own wasmtime `Store`.
-pub(crate) struct Instance<H: HostImports> {
-    pub store: Store<Sandbox<H>>,
+pub(crate) struct Instance {
+    pub store: Store<Sandbox>,
     pub driver: bindings::Driver,
-    budget_ticks: u64,
 }
 
-impl<H: HostImports> Instance<H> {
-    /// Arm the per-event time budget; call before every call into the guest.
+impl Instance {
+    /// Arm the per-event time budget; call before every call into the guest. The call
+    /// yields its thread at every epoch tick and is interrupted when the budget is spent.
     pub fn arm(&mut self) {
-        self.store.set_epoch_deadline(self.budget_ticks);
+        self.store.data_mut().ticks_used = 0;
+        self.store.set_epoch_deadline(1);
     }
     pub fn guest(&self) -> &bindings::exports::lintel::driver::guest::Guest {
         self.driver.lintel_driver_guest()
     }
 }
 
+/// The wall and monotonic clocks a sandbox's WASI context reads.
+pub trait SandboxClocks: Send + Sync {
+    fn wasi_clocks(&self, builder: &mut wasmtime_wasi::WasiCtxBuilder);
+}
+
 /// The shared wasmtime engine and component cache.
 pub struct DriverRuntime {
     engine: Engine,
-    linker_noop: Linker<Sandbox<NoHost>>,
+    linker: Linker<Sandbox>,
     components: Mutex<HashMap<String, Component>>,
     blob_dir: PathBuf,
     cache_dir: PathBuf,
@@ -290,21 +396,6 @@ impl Drop for EpochTicker {
     }
 }
 
-/// Host imports that do nothing: used to read a component's metadata at install time.
-pub(crate) struct NoHost;
-impl bindings::lintel::driver::host::Host for NoHost {
-    fn send(&mut self, _: Vec<u8>) -> std::result::Result<(), String> {
-        Err("no transport while inspecting a driver".into())
-    }
-    fn set_status(&mut self, _: String, _: String) -> std::result::Result<(), String> {
-        Ok(())
-    }
-    fn log(&mut self, _: wit::LogLevel, _: String) {}
-    fn schedule_every(&mut self, _: u32, _: u32) {}
-    fn schedule_in(&mut self, _: u32, _: u32) {}
-    fn cancel_schedule(&mut self, _: u32) {}
-}
-
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -316,12 +407,7 @@ fn internal(e: impl std::fmt::Display) -> EngineError {
 impl DriverRuntime {
     /// `data_dir` holds `drivers/<sha256>.wasm` (components) and `cache/` (precompiled).
     pub fn new(data_dir: &Path, limits: SandboxLimits) -> Result<Self> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        // Measured 3–5× faster calls without it; drivers do not use component-model async.
-        config.concurrency_support(false);
-        let engine = Engine::new(&config).map_err(internal)?;
+        let engine = Engine::new(&wasmtime_config(&limits)).map_err(internal)?;
 
         let blob_dir = data_dir.join("drivers");
         let cache_dir = data_dir.join("cache");
@@ -346,10 +432,10 @@ impl DriverRuntime {
                 })
                 .map_err(internal)?;
         }
-        let linker_noop = Self::linker::<NoHost>(&engine)?;
+        let linker = Self::make_linker(&engine)?;
         Ok(DriverRuntime {
             engine,
-            linker_noop,
+            linker,
             components: Mutex::new(HashMap::new()),
             blob_dir,
             cache_dir,
@@ -359,10 +445,13 @@ impl DriverRuntime {
         })
     }
 
-    pub(crate) fn linker<H: HostImports>(engine: &Engine) -> Result<Linker<Sandbox<H>>> {
+    fn make_linker(engine: &Engine) -> Result<Linker<Sandbox>> {
         let mut linker = Linker::new(engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(internal)?;
-        bindings::Driver::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(internal)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(internal)?;
+        bindings::Driver::add_to_linker::<_, HasSelf<_>>(&mut linker, |s: &mut Sandbox| {
+            &mut s.host
+        })
+        .map_err(internal)?;
         Ok(linker)
     }
 
@@ -374,9 +463,21 @@ impl DriverRuntime {
         &self.limits
     }
 
-    /// Validate a component, store it by content hash and precompile it. Returns its hash
+    /// Validate a component (a component, a supported world version, metadata that
+    /// parses, valid schemas), store it by content hash and precompile it. Returns its hash
     /// and declared metadata. Installing the same bytes twice is a no-op.
-    pub fn install(&self, bytes: &[u8]) -> Result<(String, DriverInfo)> {
+    pub async fn install(&self, bytes: &[u8]) -> Result<(String, DriverInfo)> {
+        let (hash, component) = self.compile_checked(bytes)?;
+        let info = self.inspect(&component).await?;
+        let blob = self.blob_dir.join(format!("{hash}.wasm"));
+        if !blob.exists() {
+            write_atomically(&blob, bytes)?;
+        }
+        Ok((hash, info))
+    }
+
+    /// The CPU-heavy part of [`install`](Self::install): checks and compilation.
+    pub fn compile_checked(&self, bytes: &[u8]) -> Result<(String, Component)> {
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
             return Err(EngineError::InvalidDriver(
                 "not a WebAssembly binary".into(),
@@ -389,12 +490,31 @@ impl DriverRuntime {
         }
         let hash = sha256_hex(bytes);
         let component = self.compile(&hash, bytes)?;
-        let info = self.inspect(&component)?;
-        let blob = self.blob_dir.join(format!("{hash}.wasm"));
-        if !blob.exists() {
-            write_atomically(&blob, bytes)?;
+        self.abi_version(&component)?;
+        Ok((hash, component))
+    }
+
+    /// The `lintel:driver` version a component was built against, if this engine runs it.
+    pub(crate) fn abi_version(&self, component: &Component) -> Result<String> {
+        let ty = component.component_type();
+        let guest = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .find_map(|name| name.strip_prefix("lintel:driver/guest@").map(String::from));
+        let Some(version) = guest else {
+            return Err(EngineError::InvalidDriver(
+                "the component does not export `lintel:driver/guest`: is it built with the Lintel driver SDK?".into(),
+            ));
+        };
+        let supported = version
+            .strip_prefix(SUPPORTED_ABI)
+            .is_some_and(|rest| rest.starts_with('.'));
+        if !supported {
+            return Err(EngineError::InvalidDriver(format!(
+                "built against lintel:driver@{version}; this engine runs lintel:driver@{SUPPORTED_ABI}.x: rebuild the driver with a matching SDK"
+            )));
         }
-        Ok((hash, info))
+        Ok(version)
     }
 
     /// Whether this engine can load `hash` without the Store (in memory, precompiled, or
@@ -458,25 +578,38 @@ impl DriverRuntime {
         Ok(c)
     }
 
-    /// A new sandboxed instance of `component` with host imports `host`.
-    pub(crate) fn instantiate<H: HostImports>(
+    /// A new sandboxed instance of `component` with host imports `host`, under `budget`.
+    pub(crate) async fn instantiate(
         &self,
-        linker: &Linker<Sandbox<H>>,
         component: &Component,
-        host: H,
-    ) -> Result<Instance<H>> {
+        host: ModuleHost,
+        budget: Budget,
+        clocks: Option<&dyn SandboxClocks>,
+    ) -> Result<Instance> {
         let stderr = MemoryOutputPipe::new(self.limits.stderr_bytes);
         // No preopened directories, no environment, no network: ambient authority is nil.
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .build();
+        let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
+        wasi.stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        if let Some(c) = clocks {
+            c.wasi_clocks(&mut wasi);
+        }
+        let wasi = wasi.build();
         let limits = StoreLimitsBuilder::new()
-            .memory_size(self.limits.memory_bytes)
+            .memory_size(budget.memory_bytes.unwrap_or(self.limits.memory_bytes))
             .instances(16)
             .tables(16)
             .memories(4)
             .trap_on_grow_failure(true)
             .build();
+        let budget_ticks = (budget
+            .event_budget
+            .unwrap_or(self.limits.event_budget)
+            .as_millis()
+            / EPOCH_TICK.as_millis())
+        .max(1) as u64;
         let mut store = Store::new(
             &self.engine,
             Sandbox {
@@ -485,35 +618,91 @@ impl DriverRuntime {
                 table: ResourceTable::new(),
                 limits,
                 stderr,
+                ticks_used: 0,
+                budget_ticks,
             },
         );
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        let budget_ticks =
-            (self.limits.event_budget.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64;
+        // Every tick: yield the worker thread to other modules; past the budget: trap.
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            s.ticks_used += 1;
+            if s.ticks_used >= s.budget_ticks {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
         store.set_epoch_deadline(budget_ticks);
-        let driver = bindings::Driver::instantiate(&mut store, component, linker).map_err(|e| {
-            EngineError::InvalidDriver(format!(
-                "does not instantiate (wrong world version?): {e:#}"
-            ))
-        })?;
-        Ok(Instance {
-            store,
-            driver,
-            budget_ticks,
-        })
+        let driver = bindings::Driver::instantiate_async(&mut store, component, &self.linker)
+            .await
+            .map_err(|e| {
+                let why = format!("{e:#}");
+                if why.contains("maximum concurrent limit") {
+                    EngineError::Internal(format!(
+                        "no room for another module instance: raise engine.max_modules (now {}): {why}",
+                        self.limits.max_modules
+                    ))
+                } else {
+                    EngineError::InvalidDriver(format!("does not instantiate: {why}"))
+                }
+            })?;
+        Ok(Instance { store, driver })
     }
 
     /// Read and validate a component's metadata in a throwaway sandbox.
-    pub fn inspect(&self, component: &Component) -> Result<DriverInfo> {
-        let mut inst = self.instantiate(&self.linker_noop, component, NoHost)?;
+    pub async fn inspect(&self, component: &Component) -> Result<DriverInfo> {
+        let abi = self.abi_version(component)?;
+        let mut inst = self
+            .instantiate(component, ModuleHost::inert(), Budget::default(), None)
+            .await?;
         inst.arm();
         let guest = inst.guest().clone();
         let meta = guest
             .call_metadata(&mut inst.store)
+            .await
             .map_err(|e| EngineError::InvalidDriver(format!("metadata() failed: {e:#}")))?;
-        DriverInfo::from_wit(meta)
+        DriverInfo::from_wit(meta, abi)
     }
+}
+
+/// The wasmtime configuration every driver runs under.
+fn wasmtime_config(limits: &SandboxLimits) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    // Measured 3–5× faster calls without it; drivers do not use component-model async.
+    config.concurrency_support(false);
+    if limits.max_modules > 0 {
+        // Sizes measured on Lintel's drivers (see docs/architecture.md, "The driver
+        // sandbox"): 3 core instances, 2 tables (≥117 elements), 1 memory per component.
+        let n = limits.max_modules;
+        // Headroom for metadata inspection and for restarts overlapping a stop.
+        let slots = n.saturating_add(n / 16).saturating_add(16);
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_memories(slots)
+            // Every live Store keeps its last fiber stack: one per module, not per call.
+            .total_stacks(slots)
+            .total_core_instances(slots.saturating_mul(4))
+            .total_tables(slots.saturating_mul(2))
+            .max_core_instances_per_component(8)
+            .max_memories_per_component(2)
+            .max_tables_per_component(4)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .table_elements(2_000)
+            .max_memory_size(limits.memory_bytes)
+            .max_core_instance_size(64 << 10)
+            .max_component_instance_size(128 << 10);
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        // Reserve only the cap per memory (no guard): thousands of slots fit the address
+        // space; no copy-on-write images: two fewer kernel mappings per instance.
+        config.memory_reservation(limits.memory_bytes as u64);
+        config.memory_guard_size(0);
+        config.memory_init_cow(false);
+    }
+    config
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -78,6 +78,15 @@ impl ModuleStatus {
         self.values.lock().values.contains_key(key)
     }
 
+    /// How many keys the module has.
+    pub fn len(&self) -> usize {
+        self.values.lock().values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn clear(&self) {
         self.values.lock().values.clear();
     }

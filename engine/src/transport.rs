@@ -28,6 +28,16 @@ pub enum Framing {
     Raw,
     Delimiter(Vec<u8>),
     FixedLength(usize),
+    /// A big-endian length header of 1, 2 or 4 bytes, then that many bytes.
+    LengthPrefixed(u8),
+}
+
+/// What a module actor asks of its transport.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Outbound {
+    Write(Vec<u8>),
+    /// Drop the connection (the driver asked); reconnect with backoff.
+    Disconnect,
 }
 
 /// An in-process device, reachable as `sim://<name>` (the demo building's simulators).
@@ -148,6 +158,24 @@ impl Decoder for FrameDecoder {
                 }
                 Ok(Some(buf.split_to(*n).to_vec()))
             }
+            Framing::LengthPrefixed(header) => {
+                let h = usize::from(*header);
+                if buf.len() < h {
+                    return Ok(None);
+                }
+                let n = buf[..h]
+                    .iter()
+                    .fold(0usize, |n, b| (n << 8) | usize::from(*b));
+                if n > self.max {
+                    return Err(too_big(self.max));
+                }
+                if buf.len() < h + n {
+                    buf.reserve(h + n - buf.len());
+                    return Ok(None);
+                }
+                buf.advance(h);
+                Ok(Some(buf.split_to(n).to_vec()))
+            }
             Framing::Delimiter(d) => match buf.windows(d.len()).position(|w| w == d.as_slice()) {
                 Some(pos) if pos > self.max => Err(too_big(self.max)),
                 Some(pos) => {
@@ -170,7 +198,7 @@ pub(crate) struct TransportTask {
     pub framing: Framing,
     pub endpoints: Endpoints,
     pub events: flume::Sender<Event>,
-    pub outbound: mpsc::Receiver<Vec<u8>>,
+    pub outbound: mpsc::Receiver<Outbound>,
     pub connected: Arc<AtomicBool>,
     pub status: ModuleStatus,
     pub cancel: CancellationToken,
@@ -192,7 +220,8 @@ impl TransportTask {
                     self.session(stream).await;
                     self.connected.store(false, Ordering::SeqCst);
                     self.status.set("connected", serde_json::Value::Bool(false));
-                    // PlaceOS semantics: commands queued for a lost connection are dropped.
+                    // PlaceOS semantics: commands queued for a lost connection are dropped
+                    // (the actor clears its command queue on `Disconnected`).
                     while self.outbound.try_recv().is_ok() {}
                     if self.cancel.is_cancelled() {
                         return;
@@ -245,11 +274,16 @@ impl TransportTask {
                     }
                 },
                 out = self.outbound.recv() => match out {
-                    Some(bytes) => {
+                    Some(Outbound::Write(bytes)) => {
+                        metrics::counter!("lintel_transport_writes_total").increment(1);
                         if let Err(e) = writer.write_all(&bytes).await {
                             tracing::warn!(module = %self.module_id, error = %e, "write to device failed; reconnecting");
                             return;
                         }
+                    }
+                    Some(Outbound::Disconnect) => {
+                        tracing::info!(module = %self.module_id, "the driver dropped the connection");
+                        return;
                     }
                     None => return,
                 },
@@ -301,6 +335,21 @@ mod tests {
             decode_all(Framing::Raw, 3, b"abcde").unwrap(),
             vec![b"abc".to_vec(), b"de".to_vec()]
         );
+    }
+
+    #[test]
+    fn length_prefixed_framing() {
+        assert_eq!(
+            decode_all(
+                Framing::LengthPrefixed(2),
+                64,
+                b"\x00\x03abc\x00\x01d\x00\x05ef"
+            )
+            .unwrap(),
+            vec![b"abc".to_vec(), b"d".to_vec()]
+        );
+        let err = decode_all(Framing::LengthPrefixed(1), 8, b"\x09123456789").unwrap_err();
+        assert!(err.contains("8-byte limit"), "{err}");
     }
 
     #[test]

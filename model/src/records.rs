@@ -576,10 +576,32 @@ pub struct DriverRecord {
     /// What the component declared: functions with their parameters, the driver ABI.
     pub metadata: Value,
     pub default_settings: Value,
+    /// Per-driver sandbox limits; unset ones take the engine's (`[engine]` config).
+    #[serde(skip_serializing_if = "SandboxBudget::is_unset")]
+    pub sandbox: SandboxBudget,
     pub created_at: i64,
     pub updated_at: i64,
     pub version: u64,
 }
+
+/// Sandbox limits for one driver's modules, overriding the engine's defaults.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxBudget {
+    /// Linear memory a module may grow to, in MiB (1..=4096).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// Wall-clock budget of one event, in milliseconds (10..=60000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_budget_ms: Option<u32>,
+}
+
+impl SandboxBudget {
+    pub fn is_unset(&self) -> bool {
+        *self == SandboxBudget::default()
+    }
+}
+
 record_common!(
     DriverRecord,
     IdKind::Driver,
@@ -598,6 +620,26 @@ record_common!(
         }
         if !self.metadata.is_null() {
             require_object("metadata", &self.metadata)?;
+        }
+        if self
+            .sandbox
+            .memory_mb
+            .is_some_and(|m| !(1..=4096).contains(&m))
+        {
+            return Err(ValidationError::new(
+                "sandbox.memory_mb",
+                "must be 1..=4096",
+            ));
+        }
+        if self
+            .sandbox
+            .event_budget_ms
+            .is_some_and(|m| !(10..=60_000).contains(&m))
+        {
+            return Err(ValidationError::new(
+                "sandbox.event_budget_ms",
+                "must be 10..=60000",
+            ));
         }
         require_object("default_settings", &self.default_settings)
     },

@@ -4,6 +4,7 @@
 mod auth;
 mod backup;
 mod bad_input;
+mod driver_scaffold;
 mod harness;
 mod idp;
 mod secrets;

@@ -33,7 +33,8 @@ pub const ALL: &[BundledDriver] = &[DEMO_DISPLAY, DEMO_OCCUPANCY];
 pub mod fixtures {
     use super::BundledDriver;
 
-    /// Loops, hogs memory or panics on request; see `drivers/fixtures/misbehave`.
+    /// Loops, hogs memory, panics, floods, pokes at the sandbox and the host's async
+    /// imports on request; see `drivers/fixtures/misbehave`.
     pub const MISBEHAVE: BundledDriver = BundledDriver {
         crate_name: "lintel-driver-fixture-misbehave",
         component: include_bytes!(concat!(
@@ -41,13 +42,39 @@ pub mod fixtures {
             "/lintel_driver_fixture_misbehave.wasm"
         )),
     };
+
+    /// Version 1.0.0 of the versioned fixture (hot-reload tests); see
+    /// `drivers/fixtures/versioned`.
+    pub const VERSIONED_V1: BundledDriver = BundledDriver {
+        crate_name: "lintel-driver-fixture-versioned",
+        component: include_bytes!(concat!(
+            env!("OUT_DIR"),
+            "/lintel_driver_fixture_versioned.wasm"
+        )),
+    };
+
+    /// Version 2.0.0 of the versioned fixture (its `v2` feature).
+    pub const VERSIONED_V2: BundledDriver = BundledDriver {
+        crate_name: "lintel-driver-fixture-versioned",
+        component: include_bytes!(concat!(
+            env!("OUT_DIR"),
+            "/lintel_driver_fixture_versioned_v2.wasm"
+        )),
+    };
+
+    /// Every fixture.
+    pub const ALL: &[BundledDriver] = &[MISBEHAVE, VERSIONED_V1, VERSIONED_V2];
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn bundled_drivers_are_wasm_components() {
-        for d in super::ALL {
+        #[cfg(feature = "fixtures")]
+        let all = super::ALL.iter().chain(super::fixtures::ALL);
+        #[cfg(not(feature = "fixtures"))]
+        let all = super::ALL.iter();
+        for d in all {
             // magic + component-model layer (version 0x0d, layer 1)
             assert_eq!(&d.component[..4], b"\0asm", "{}", d.crate_name);
             assert_eq!(
@@ -57,5 +84,16 @@ mod tests {
                 d.crate_name
             );
         }
+    }
+
+    #[cfg(feature = "fixtures")]
+    #[test]
+    fn the_versioned_fixture_comes_in_two_versions() {
+        use super::fixtures::{VERSIONED_V1, VERSIONED_V2};
+        assert_ne!(VERSIONED_V1.component, VERSIONED_V2.component);
+        let has =
+            |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|w| w == needle);
+        assert!(has(VERSIONED_V1.component, b"1.0.0") && !has(VERSIONED_V1.component, b"2.0.0"));
+        assert!(has(VERSIONED_V2.component, b"2.0.0") && !has(VERSIONED_V2.component, b"1.0.0"));
     }
 }

@@ -4,9 +4,7 @@
 //! `PRESENCE=<0|1> PEOPLE=<n>` whenever its reading changes, and answers `STATE?` with
 //! the same line.
 
-use lintel_driver_sdk::{
-    Driver, Framing, Function, Metadata, Transport, Value, export_driver, host,
-};
+use lintel_driver_sdk::prelude::*;
 
 #[derive(Default)]
 pub struct DemoOccupancy;
@@ -33,17 +31,7 @@ fn parse(line: &str) -> Result<(bool, u32), String> {
 }
 
 impl Driver for DemoOccupancy {
-    fn metadata() -> Metadata {
-        Metadata::new("Demo Occupancy Sensor", "Occupancy")
-            .description(
-                "A people-counting occupancy sensor that pushes readings (demo line protocol)",
-            )
-            .transport(Transport::Tcp, Framing::Delimiter(b"\n".to_vec()))
-            .function(Function::new(
-                "refresh",
-                "Ask the sensor for its current reading",
-            ))
-    }
+    type Settings = NoSettings;
 
     fn connected(&mut self) {
         if let Err(e) = host::send(b"STATE?\n") {
@@ -51,7 +39,7 @@ impl Driver for DemoOccupancy {
         }
     }
 
-    fn received(&mut self, data: &[u8]) {
+    fn received(&mut self, data: &[u8], _waiting: Option<CommandId>) -> Verdict {
         let line = String::from_utf8_lossy(data);
         match parse(line.trim()) {
             Ok((presence, people)) => {
@@ -63,16 +51,22 @@ impl Driver for DemoOccupancy {
             }
             Err(e) => host::warn(&format!("ignored reading `{}`: {e}", line.trim())),
         }
+        Verdict::Ignore
     }
+}
 
-    fn exec(&mut self, function: &str, _args: Vec<Value>) -> Result<Value, String> {
-        match function {
-            "refresh" => {
-                host::send(b"STATE?\n")?;
-                Ok(Value::Null)
-            }
-            other => Err(format!("unknown function `{other}`")),
-        }
+#[driver(
+    name = "Demo Occupancy Sensor",
+    module_name = "Occupancy",
+    description = "A people-counting occupancy sensor that pushes readings (demo line protocol)",
+    transport = "tcp",
+    delimiter = "\n"
+)]
+impl DemoOccupancy {
+    /// Ask the sensor for its current reading.
+    #[function]
+    fn refresh(&mut self) -> Result<(), String> {
+        host::send(b"STATE?\n").map(drop)
     }
 }
 

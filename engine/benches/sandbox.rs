@@ -1,0 +1,420 @@
+//! Driver-sandbox benchmarks (rows P3 and P4 of `shared/design/performance.md`).
+//!
+//! - P3: events/s of one DEMO_OCCUPANCY module fed `PRESENCE=1 PEOPLE=<i>` lines through an
+//!   in-process duplex, against a bare wasmtime loop calling the same `received` export
+//!   with a no-op host.
+//! - P4: start time and RSS per module of M idle `fixtures::MISBEHAVE` modules, with the
+//!   on-demand and the pooling instance allocator. The largest M comes from
+//!   `LINTEL_BENCH_MODULES` (default 10000).
+//!
+//! Run: `cargo bench -p lintel-engine --bench sandbox`.
+
+use lintel_engine::{DriverInfo, Engine, EngineConfig};
+use lintel_model::{ControlSystem, DriverRole, IdKind, Module, Tenant, new_id};
+use lintel_store::{Actor, EmbeddedStore, ErasedRecord, Store, StoreExt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Lines the P3 device writes.
+const P3_EVENTS: usize = 200_000;
+/// The in-process duplex buffer between device and engine.
+const DUPLEX_BYTES: usize = 64 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The bare-wasmtime baseline: the driver world with a host that does nothing.
+mod bare {
+    wasmtime::component::bindgen!({
+        path: "../drivers/sdk/wit",
+        world: "driver",
+        exports: { default: async },
+    });
+
+    use lintel::driver::types as wit;
+    use wasmtime::component::ResourceTable;
+    use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+    pub struct NoopHost {
+        pub wasi: WasiCtx,
+        pub table: ResourceTable,
+    }
+
+    impl WasiView for NoopHost {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    impl lintel::driver::types::Host for NoopHost {}
+
+    impl lintel::driver::host::Host for NoopHost {
+        fn send(&mut self, _data: Vec<u8>, _options: wit::SendOptions) -> Result<u64, String> {
+            Ok(0)
+        }
+        fn disconnect(&mut self) {}
+        fn set_status(&mut self, _key: String, _value: String) -> Result<(), String> {
+            Ok(())
+        }
+        fn log(&mut self, _level: wit::LogLevel, _message: String) {}
+        fn schedule(&mut self, _id: u32, _when: wit::Schedule) -> Result<(), String> {
+            Ok(())
+        }
+        fn cancel_schedule(&mut self, _id: u32) {}
+        fn settings(&mut self) -> String {
+            "{}".into()
+        }
+        fn secret(&mut self, _key: String) -> Result<Option<String>, String> {
+            Ok(None)
+        }
+        fn subscribe(&mut self, _target: wit::StatusRef) -> Result<u64, String> {
+            Ok(0)
+        }
+        fn unsubscribe(&mut self, _id: u64) {}
+        fn call(
+            &mut self,
+            _target: wit::ModuleRef,
+            _function: String,
+            _args: String,
+        ) -> Result<u64, String> {
+            Ok(0)
+        }
+        fn http_request(&mut self, _request: wit::HttpRequest) -> Result<u64, String> {
+            Ok(0)
+        }
+        fn mqtt_subscribe(&mut self, _topic_filter: String) -> Result<(), String> {
+            Ok(())
+        }
+        fn reply(&mut self, _call: u64, _result: Result<String, String>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+}
+
+/// Events/s of `n` `received` calls on one Store with a no-op host.
+async fn baseline_events_per_s(component: &[u8], n: usize) -> Result<f64, BoxError> {
+    use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+    let mut config = wasmtime::Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.concurrency_support(false);
+    let engine = wasmtime::Engine::new(&config)?;
+    let component = Component::new(&engine, component)?;
+    let mut linker: Linker<bare::NoopHost> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    bare::Driver::add_to_linker::<_, HasSelf<_>>(&mut linker, |s: &mut bare::NoopHost| s)?;
+    let mut store = wasmtime::Store::new(
+        &engine,
+        bare::NoopHost {
+            wasi: wasmtime_wasi::WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+        },
+    );
+    store.set_epoch_deadline(u64::MAX / 2);
+    let driver = bare::Driver::instantiate_async(&mut store, &component, &linker).await?;
+    let guest = driver.lintel_driver_guest();
+    guest
+        .call_on_load(&mut store, "{}")
+        .await?
+        .map_err(|e| format!("on_load: {e}"))?;
+    let lines: Vec<Vec<u8>> = (0..n)
+        .map(|i| format!("PRESENCE=1 PEOPLE={i}").into_bytes())
+        .collect();
+    let started = Instant::now();
+    for line in &lines {
+        guest.call_received(&mut store, line, None).await?;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A fresh engine over a fresh embedded store, with one tenant and one system.
+struct Bed {
+    engine: Engine,
+    store: Arc<dyn Store>,
+    tenant: String,
+    system: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn bed(configure: impl FnOnce(&mut EngineConfig)) -> Result<Bed, BoxError> {
+    let dir = tempfile::tempdir()?;
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path())?);
+    let mut cfg = EngineConfig::new(dir.path().to_path_buf());
+    configure(&mut cfg);
+    let engine = Engine::new(cfg, store.clone())?;
+    let actor = Actor::system();
+    let tenant = store
+        .create(
+            &actor,
+            Tenant {
+                id: new_id(IdKind::Tenant),
+                name: "Bench".into(),
+                domain: "bench.example".into(),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let system = store
+        .create(
+            &actor,
+            ControlSystem {
+                id: new_id(IdKind::System),
+                tenant_id: tenant.id.clone(),
+                name: "Bench room".into(),
+                capacity: 1,
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(Bed {
+        engine,
+        store,
+        tenant: tenant.id,
+        system: system.id,
+        _dir: dir,
+    })
+}
+
+/// Install `component` (compiling it into the engine's cache) and store its driver record.
+async fn install(bed: &Bed, component: &[u8]) -> Result<String, BoxError> {
+    let (hash, info): (String, DriverInfo) = bed
+        .engine
+        .install_component(&bed.tenant, component.to_vec())
+        .await?;
+    let driver = bed
+        .store
+        .create(
+            &Actor::system(),
+            info.to_record(&bed.tenant, hash, DriverRole::Device),
+        )
+        .await?;
+    Ok(driver.id)
+}
+
+fn module(bed: &Bed, driver_id: &str, uri: Option<&str>) -> Module {
+    Module {
+        id: new_id(IdKind::Module),
+        tenant_id: bed.tenant.clone(),
+        driver_id: driver_id.to_string(),
+        control_system_id: Some(bed.system.clone()),
+        uri: uri.map(String::from),
+        ..Default::default()
+    }
+}
+
+/// P3 through the engine: seconds from the first byte written until the status bus shows
+/// `people_count == n-1`, and how many `people_count` changes the bus carried.
+async fn lintel_events(
+    n: usize,
+    configure: impl FnOnce(&mut EngineConfig),
+) -> Result<(f64, u64), BoxError> {
+    let bed = bed(configure).await?;
+    let driver = install(&bed, lintel_bundled_drivers::DEMO_OCCUPANCY.component).await?;
+    let m = bed
+        .store
+        .create(&Actor::system(), module(&bed, &driver, Some("sim://occ")))
+        .await?;
+
+    let (tx, mut devices) = tokio::sync::mpsc::unbounded_channel();
+    bed.engine.register_endpoint(
+        "occ",
+        Arc::new(move || {
+            let (engine_side, device_side) = tokio::io::duplex(DUPLEX_BYTES);
+            let _ = tx.send(device_side);
+            engine_side
+        }),
+    );
+    let mut bus = bed.engine.status_bus().subscribe();
+    bed.engine.start_all().await?;
+    let device = tokio::time::timeout(Duration::from_secs(10), devices.recv())
+        .await?
+        .ok_or("the engine never connected")?;
+    bed.engine.settle(&bed.tenant, &m.id).await?;
+    let (mut rd, mut wr) = tokio::io::split(device);
+    // Drain what the driver sends (its `STATE?` query on connect).
+    let drain = tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while matches!(rd.read(&mut buf).await, Ok(k) if k > 0) {}
+    });
+    let mut payload = Vec::with_capacity(n * 28);
+    for i in 0..n {
+        payload.extend_from_slice(format!("PRESENCE=1 PEOPLE={i}\n").as_bytes());
+    }
+    let target = (n - 1) as u64;
+    let module_id: Arc<str> = m.id.as_str().into();
+
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&payload).await?;
+        wr.flush().await?;
+        Ok::<_, std::io::Error>(wr)
+    });
+    let mut seen = 0u64;
+    let wait = async {
+        loop {
+            match bus.recv().await {
+                Ok(c) if c.module_id == module_id && &*c.key == "people_count" => {
+                    seen += 1;
+                    if c.value.as_u64() == Some(target) {
+                        return Ok(());
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let v = bed.engine.state_key(&bed.tenant, &m.id, "people_count")?;
+                    if v.and_then(|v| v.as_u64()) == Some(target) {
+                        return Ok(());
+                    }
+                }
+                Err(e) => return Err::<(), BoxError>(e.into()),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .map_err(|_| {
+            let last = bed
+                .engine
+                .state_key(&bed.tenant, &m.id, "people_count")
+                .ok()
+                .flatten();
+            format!("people_count never reached {target} in 120 s (last {last:?})")
+        })??;
+    let secs = started.elapsed().as_secs_f64();
+    let _wr = writer.await??;
+    bed.engine.shutdown().await;
+    drain.abort();
+    Ok((secs, seen))
+}
+
+async fn p3(baseline: f64) {
+    let n = P3_EVENTS;
+    for (label, unlimited) in [("default limits", false), ("status rate unlimited", true)] {
+        let run = lintel_events(n, |cfg| {
+            if unlimited {
+                cfg.output.status_per_second = u32::MAX;
+            }
+        })
+        .await;
+        match run {
+            Ok((secs, seen)) => {
+                let lintel = n as f64 / secs;
+                println!(
+                    "P3 sandbox events/s: lintel={lintel:.0} baseline={baseline:.0} ratio={:.3} \
+                     ({label}; N={n} in {secs:.3} s; people_count changes seen on the bus: {seen})",
+                    lintel / baseline
+                );
+            }
+            Err(e) => println!("P3 sandbox events/s ({label}) failed: {e}"),
+        }
+    }
+}
+
+fn vm_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// P4 for `m` idle modules: start seconds and RSS growth in KiB.
+async fn density(m: usize, pooling: bool) -> Result<(usize, f64, u64), BoxError> {
+    let bed = bed(|cfg| {
+        if pooling {
+            cfg.limits.max_modules = m as u32;
+        }
+    })
+    .await?;
+    let driver = install(&bed, lintel_bundled_drivers::fixtures::MISBEHAVE.component).await?;
+    let modules: Vec<Module> = (0..m).map(|_| module(&bed, &driver, None)).collect();
+    let ids: Vec<String> = modules.iter().map(|m| m.id.clone()).collect();
+    let records: Vec<Box<dyn ErasedRecord>> = modules
+        .into_iter()
+        .map(|m| Box::new(m) as Box<dyn ErasedRecord>)
+        .collect();
+    bed.store.create_all(&Actor::system(), records).await?;
+
+    let rss_before = vm_rss_kib();
+    let started = Instant::now();
+    let n = bed.engine.start_all().await?;
+    for id in &ids {
+        bed.engine.settle(&bed.tenant, id).await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let rss_after = vm_rss_kib();
+    let running = bed.engine.running_modules();
+    if n != m || running != m {
+        return Err(format!("started {n} of {m} modules ({running} running)").into());
+    }
+    if let Some(e) = bed.engine.module_error(&bed.tenant, &ids[0])? {
+        return Err(format!("module error: {e}").into());
+    }
+    bed.engine.shutdown().await;
+    Ok((n, secs, rss_after.saturating_sub(rss_before)))
+}
+
+async fn p4() {
+    let largest: usize = std::env::var("LINTEL_BENCH_MODULES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let mut sizes: Vec<usize> = [100, 1_000, largest]
+        .into_iter()
+        .filter(|&s| s <= largest)
+        .collect();
+    sizes.dedup();
+    for pooling in [false, true] {
+        let alloc = if pooling { "pooling" } else { "on-demand" };
+        for &m in &sizes {
+            match density(m, pooling).await {
+                Ok((n, secs, grown_kib)) => {
+                    let per_module = grown_kib as f64 / n as f64;
+                    let per_gib = if per_module > 0.0 {
+                        (1024.0 * 1024.0 / per_module) as u64
+                    } else {
+                        0
+                    };
+                    println!(
+                        "P4 modules={n} alloc={alloc} start_s={secs:.3} rss_per_module_kib={per_module:.1} \
+                         modules_per_gib={per_gib} (rss +{grown_kib} KiB; target ≥15000/GiB, start < 5 s)"
+                    );
+                }
+                Err(e) => println!("P4 modules={m} alloc={alloc} failed: {e}"),
+            }
+        }
+    }
+}
+
+fn main() {
+    // The baseline on a current-thread runtime, alone.
+    let baseline = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(baseline_events_per_s(
+            lintel_bundled_drivers::DEMO_OCCUPANCY.component,
+            P3_EVENTS,
+        ));
+    let baseline = match baseline {
+        Ok(b) => b,
+        Err(e) => {
+            println!("P3 baseline failed: {e}");
+            f64::NAN
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        p3(baseline).await;
+        p4().await;
+    });
+}
