@@ -670,7 +670,9 @@ impl ModuleActor {
                 }
                 Effect::Unsubscribe(id) => {
                     self.links.unsubscribe(id);
-                    host.release_handle();
+                    if host.subscriptions.remove(&id) {
+                        host.release_handle();
+                    }
                 }
                 Effect::Call {
                     id,

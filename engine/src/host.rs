@@ -172,6 +172,8 @@ pub struct ModuleHost {
     next_handle: u64,
     /// Exec calls the driver said it would answer later.
     pub(crate) open_calls: HashSet<u64>,
+    /// Open subscriptions (each holds a handle until `unsubscribe`).
+    pub(crate) subscriptions: HashSet<u64>,
     open_handles: usize,
     log_rate: Bucket,
     pub(crate) logs_suppressed: u64,
@@ -212,6 +214,7 @@ impl ModuleHost {
             effects: Vec::new(),
             next_handle: 1,
             open_calls: HashSet::new(),
+            subscriptions: HashSet::new(),
             open_handles: 0,
             log_rate: Bucket::new(cfg.limits.logs_per_second),
             logs_suppressed: 0,
@@ -461,6 +464,7 @@ impl bindings::lintel::driver::host::Host for ModuleHost {
             return Err("module index starts at 1".into());
         }
         let id = self.handle()?;
+        self.subscriptions.insert(id);
         self.effects.push(Effect::Subscribe(
             id,
             StatusTarget {

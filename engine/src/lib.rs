@@ -557,6 +557,13 @@ impl Engine {
             .await
             .map_err(|_| "the module did not answer the reload in time".to_string())?
             .map_err(|_| "the module stopped".to_string())?;
+        // A module waiting to restart after a crash cannot take it in place: restart it
+        // with the new config instead.
+        if let Err(e) = &outcome
+            && e.starts_with("module is restarting")
+        {
+            return Err(e.clone());
+        }
         // Applied or refused, this config has been tried: do not retry it on every change.
         *running.fingerprint.lock() = fingerprint;
         match &outcome {

@@ -158,13 +158,19 @@ async fn demo_fixture() -> Fixture {
 
 /// Add a module of the misbehaving fixture driver to the fixture's room.
 async fn add_misbehaving(f: &Fixture) -> Module {
-    add_module(
+    add_misbehaving_with(f, SandboxBudget::default()).await
+}
+
+/// [`add_misbehaving`] with per-driver sandbox limits.
+async fn add_misbehaving_with(f: &Fixture, sandbox: SandboxBudget) -> Module {
+    add_module_with(
         &f.engine,
         &f.tenant,
         &f.system,
         lintel_bundled_drivers::fixtures::MISBEHAVE.component,
         None,
         json!({}),
+        sandbox,
     )
     .await
 }
@@ -639,13 +645,8 @@ async fn a_looping_module_does_not_slow_a_healthy_one() {
     let f = demo_fixture().await;
     let healthy = add_misbehaving(&f).await;
     // The looper may loop for a minute per event: it never traps during the measurement.
-    let looper = add_module_with(
-        &f.engine,
-        &f.tenant,
-        &f.system,
-        lintel_bundled_drivers::fixtures::MISBEHAVE.component,
-        None,
-        json!({}),
+    let looper = add_misbehaving_with(
+        &f,
         SandboxBudget {
             event_budget_ms: Some(60_000),
             ..Default::default()
@@ -885,13 +886,8 @@ async fn logic_modules_follow_and_call_other_modules() {
 async fn sandbox_budgets_are_configurable_per_driver() {
     let f = demo_fixture().await;
     let roomy = add_misbehaving(&f).await;
-    let tight = add_module_with(
-        &f.engine,
-        &f.tenant,
-        &f.system,
-        lintel_bundled_drivers::fixtures::MISBEHAVE.component,
-        None,
-        json!({}),
+    let tight = add_misbehaving_with(
+        &f,
         SandboxBudget {
             event_budget_ms: Some(20),
             memory_mb: Some(2),
