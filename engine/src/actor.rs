@@ -25,7 +25,7 @@ use crate::host::{
 };
 use crate::queue::{CommandQueue, Verdict};
 use crate::runtime::bindings::lintel::driver::types as wit;
-use crate::runtime::{Budget, DriverInfo, DriverRuntime, Instance, SandboxClocks};
+use crate::runtime::{Budget, DriverInfo, DriverRuntime, Instance, SandboxClocks, TransportKind};
 use crate::state::ModuleStatus;
 use crate::timers::Now;
 use crate::transport::Outbound;
@@ -273,6 +273,10 @@ impl ModuleActor {
                     Ok(i) => {
                         instance = Some(i);
                         retry_at = None;
+                        // A crash reported `connected=false`; the transport may be up.
+                        if self.info.transport != TransportKind::None {
+                            self.status.set("connected", Value::Bool(run.connected));
+                        }
                         if self.last_error.lock().take().is_some() {
                             self.status.set(DRIVER_ERROR_KEY, Value::Null);
                         }

@@ -209,9 +209,7 @@ fn internal(e: impl std::fmt::Display) -> EngineError {
 
 impl Engine {
     pub fn new(cfg: EngineConfig, store: Arc<dyn Store>) -> Result<Self> {
-        let mut limits = cfg.limits.clone();
-        limits.stderr_bytes = limits.stderr_bytes.max(1);
-        let runtime = Arc::new(DriverRuntime::new(&cfg.data_dir, limits)?);
+        let runtime = Arc::new(DriverRuntime::new(&cfg.data_dir, cfg.limits.clone())?);
         let status = Arc::new(StatusBus::default());
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -342,7 +340,7 @@ impl Engine {
             return Ok((rt.component(hash)?, info));
         }
         let c = rt.component(hash)?;
-        let info = rt.inspect(&c).await?;
+        let info = rt.info(hash, &c).await?;
         Ok((c, info))
     }
 
@@ -704,7 +702,6 @@ impl Engine {
                     endpoints: self.endpoints.clone(),
                     events: events_tx.clone(),
                     outbound: rx,
-                    connected: Arc::new(AtomicBool::new(false)),
                     status: status.clone(),
                     cancel: cancel.clone(),
                 };

@@ -380,6 +380,8 @@ pub struct DriverRuntime {
     engine: Engine,
     linker: Linker<Sandbox>,
     components: Mutex<HashMap<String, Component>>,
+    /// What each component declared, read once per hash (not on every module start).
+    infos: Mutex<HashMap<String, DriverInfo>>,
     blob_dir: PathBuf,
     cache_dir: PathBuf,
     compat: String,
@@ -437,6 +439,7 @@ impl DriverRuntime {
             engine,
             linker,
             components: Mutex::new(HashMap::new()),
+            infos: Mutex::new(HashMap::new()),
             blob_dir,
             cache_dir,
             compat,
@@ -469,6 +472,7 @@ impl DriverRuntime {
     pub async fn install(&self, bytes: &[u8]) -> Result<(String, DriverInfo)> {
         let (hash, component) = self.compile_checked(bytes)?;
         let info = self.inspect(&component).await?;
+        self.infos.lock().insert(hash.clone(), info.clone());
         let blob = self.blob_dir.join(format!("{hash}.wasm"));
         if !blob.exists() {
             write_atomically(&blob, bytes)?;
@@ -648,6 +652,16 @@ impl DriverRuntime {
                 }
             })?;
         Ok(Instance { store, driver })
+    }
+
+    /// The metadata of component `hash` (read in a throwaway sandbox the first time).
+    pub async fn info(&self, hash: &str, component: &Component) -> Result<DriverInfo> {
+        if let Some(info) = self.infos.lock().get(hash) {
+            return Ok(info.clone());
+        }
+        let info = self.inspect(component).await?;
+        self.infos.lock().insert(hash.to_string(), info.clone());
+        Ok(info)
     }
 
     /// Read and validate a component's metadata in a throwaway sandbox.

@@ -6,7 +6,6 @@ use futures_util::StreamExt;
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
@@ -199,7 +198,6 @@ pub(crate) struct TransportTask {
     pub endpoints: Endpoints,
     pub events: flume::Sender<Event>,
     pub outbound: mpsc::Receiver<Outbound>,
-    pub connected: Arc<AtomicBool>,
     pub status: ModuleStatus,
     pub cancel: CancellationToken,
 }
@@ -218,8 +216,6 @@ impl TransportTask {
                     backoff = BACKOFF_MIN;
                     tracing::info!(module = %self.module_id, "device connected");
                     self.session(stream).await;
-                    self.connected.store(false, Ordering::SeqCst);
-                    self.status.set("connected", serde_json::Value::Bool(false));
                     // PlaceOS semantics: commands queued for a lost connection are dropped
                     // (the actor clears its command queue on `Disconnected`).
                     while self.outbound.try_recv().is_ok() {}
@@ -249,8 +245,6 @@ impl TransportTask {
             FrameDecoder::new(self.framing.clone(), MAX_FRAME_BYTES),
         );
         while self.outbound.try_recv().is_ok() {}
-        self.connected.store(true, Ordering::SeqCst);
-        self.status.set("connected", serde_json::Value::Bool(true));
         if self.events.send_async(Event::Connected).await.is_err() {
             return;
         }
