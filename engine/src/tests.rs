@@ -23,6 +23,13 @@ struct Fixture {
     system: String,
 }
 
+impl Fixture {
+    /// Call `function` on module `id` of the fixture's tenant.
+    async fn exec(&self, id: &str, function: &str, args: Vec<Value>) -> Result<Value> {
+        self.engine.exec(&self.tenant, id, function, args).await
+    }
+}
+
 /// Install `component` as a driver of `tenant` and add a running module of it.
 async fn add_module(
     engine: &Engine,
@@ -402,10 +409,7 @@ async fn a_misbehaving_driver_is_contained_reported_and_restarted() {
         .unwrap();
     wait_for(&f.engine, &f.tenant, &d, "connected", json!(true)).await;
 
-    let exec = |function: &'static str, args: Vec<Value>| {
-        let (engine, tenant, id) = (&f.engine, f.tenant.clone(), bad.id.clone());
-        async move { engine.exec(&tenant, &id, function, args).await }
-    };
+    let exec = |function: &'static str, args: Vec<Value>| f.exec(&bad.id, function, args);
     let recovered = || async {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -717,10 +721,7 @@ async fn floods_and_bad_output_are_bounded_with_clear_errors() {
     let m = add_misbehaving(&f).await;
     f.engine.start_all().await.unwrap();
     let mut changes = f.engine.status_bus().subscribe();
-    let exec = |function: &'static str, args: Vec<Value>| {
-        let (engine, tenant, id) = (&f.engine, f.tenant.clone(), m.id.clone());
-        async move { engine.exec(&tenant, &id, function, args).await }
-    };
+    let exec = |function: &'static str, args: Vec<Value>| f.exec(&m.id, function, args);
     // 10k status updates and log lines in one call: one publication (the last value).
     assert_eq!(
         exec("flood", vec![json!(10_000)]).await.unwrap(),
@@ -761,9 +762,8 @@ async fn drivers_cannot_reach_files_sockets_or_the_environment() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let exec = |function: &'static str, args: Vec<Value>| {
-        let (engine, tenant, id) = (&f.engine, f.tenant.clone(), m.id.clone());
-        async move { engine.exec(&tenant, &id, function, args).await.unwrap() }
+    let exec = |function: &'static str, args: Vec<Value>| async {
+        f.exec(&m.id, function, args).await.unwrap()
     };
     for path in ["/etc/passwd", "Cargo.toml", "."] {
         let r = exec("read_file", vec![json!(path)]).await;
@@ -782,19 +782,18 @@ async fn exec_can_be_answered_later() {
     let f = demo_fixture().await;
     let m = add_misbehaving(&f).await;
     f.engine.start_all().await.unwrap();
-    let engine = Arc::new(f.engine);
-    let pending = {
-        let (engine, tenant, id) = (engine.clone(), f.tenant.clone(), m.id.clone());
-        tokio::spawn(async move { engine.exec(&tenant, &id, "later", vec![]).await })
-    };
-    engine.settle(&f.tenant, &m.id).await.unwrap();
-    assert!(!pending.is_finished());
-    engine
-        .exec(&f.tenant, &m.id, "answer_later", vec![json!("done")])
+    let mut pending = Box::pin(f.exec(&m.id, "later", vec![]));
+    // The first poll queues the exec; it then waits for the driver's answer.
+    let first = tokio::time::timeout(Duration::from_millis(1), &mut pending).await;
+    assert!(first.is_err(), "answered at once: {first:?}");
+    f.engine.settle(&f.tenant, &m.id).await.unwrap();
+    let still = tokio::time::timeout(Duration::from_millis(1), &mut pending).await;
+    assert!(still.is_err(), "answered without a reply: {still:?}");
+    f.exec(&m.id, "answer_later", vec![json!("done")])
         .await
         .unwrap();
-    assert_eq!(pending.await.unwrap().unwrap(), json!("done"));
-    engine.shutdown().await;
+    assert_eq!(pending.await.unwrap(), json!("done"));
+    f.engine.shutdown().await;
 }
 
 /// Logic modules: subscribe to another module's status and call its functions by name.
@@ -809,9 +808,8 @@ async fn logic_modules_follow_and_call_other_modules() {
         .await
         .unwrap();
     wait_for(&f.engine, &f.tenant, &d, "power", json!(false)).await;
-    let exec = |function: &'static str, args: Vec<Value>| {
-        let (engine, tenant, id) = (&f.engine, f.tenant.clone(), logic.id.clone());
-        async move { engine.exec(&tenant, &id, function, args).await.unwrap() }
+    let exec = |function: &'static str, args: Vec<Value>| async {
+        f.exec(&logic.id, function, args).await.unwrap()
     };
     let sub = exec("subscribe", vec![json!("Display_1.power")]).await;
     let event = |kind: &str, id: &Value, extra: Value| {
