@@ -125,6 +125,9 @@ fn build(workspace: &Path, target_dir: &Path, drivers: &[(&str, &str)], features
     for feature in features {
         cmd.args(["--features", feature]);
     }
+    // The outer build's flags, wrappers and target are for the host (the same list as
+    // `lintel_driver_harness::OUTER_BUILD_ENV`, which a build script cannot depend on
+    // without compiling wasmtime for it), plus LTO, which the drivers' profile sets.
     for var in [
         "RUSTFLAGS",
         "CARGO_ENCODED_RUSTFLAGS",

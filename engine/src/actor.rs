@@ -83,7 +83,8 @@ impl ModuleSettings {
 pub(crate) enum Event {
     Connected,
     Disconnected,
-    Received(Vec<u8>),
+    /// Frames from the device, in order (those one read completed).
+    Received(Vec<Vec<u8>>),
     Exec {
         function: String,
         args: String,
@@ -197,6 +198,8 @@ struct Running {
     next_call: u64,
     /// Events the actor produced for the driver itself (e.g. a replaced command).
     internal: VecDeque<Event>,
+    /// `lintel_module_events_total`, looked up once.
+    events_total: metrics::Counter,
 }
 
 impl ModuleActor {
@@ -240,11 +243,27 @@ impl ModuleActor {
 
     async fn load(&self, inst: &mut Instance, run: &mut Running) -> Result<(), String> {
         let settings = inst.store.data().host.settings.to_string();
+        // What `on-load` publishes counts only if it succeeds: a failing new version must
+        // not overwrite the state of the version that keeps running.
+        inst.store.data_mut().host.status_held = true;
         let loaded = self
             .guest_call(inst, run, async |g, s| g.call_on_load(s, &settings).await)
-            .await
-            .map_err(|t| t.0)?;
-        loaded.map_err(|e| format!("on-load refused the settings: {e}"))?;
+            .await;
+        let host = &mut inst.store.data_mut().host;
+        host.status_held = false;
+        match loaded {
+            Ok(Ok(())) => {
+                host.flush_status();
+            }
+            Ok(Err(e)) => {
+                host.discard_status();
+                return Err(format!("on-load refused the settings: {e}"));
+            }
+            Err(t) => {
+                host.discard_status();
+                return Err(t.0);
+            }
+        }
         if run.connected {
             self.guest_call(inst, run, async |g, s| g.call_connected(s).await)
                 .await
@@ -259,6 +278,7 @@ impl ModuleActor {
             pending_execs: HashMap::new(),
             next_call: 1,
             internal: VecDeque::new(),
+            events_total: metrics::counter!("lintel_module_events_total"),
         };
         let mut instance: Option<Instance> = None;
         let mut backoff = RESTART_BACKOFF_MIN;
@@ -266,8 +286,9 @@ impl ModuleActor {
         loop {
             if instance.is_none() && retry_at.is_none_or(|t| self.clock.now().mono_ms >= t) {
                 let host = self.host(&self.settings);
-                match self
-                    .new_instance(&self.component, self.budget, host, &mut run)
+                // Boxed here and below: instantiation's future is most of the actor's
+                // size, and an idle module should not carry it.
+                match Box::pin(self.new_instance(&self.component, self.budget, host, &mut run))
                     .await
                 {
                     Ok(i) => {
@@ -302,24 +323,39 @@ impl ModuleActor {
                     }
                     None => retry_at,
                 };
-                let sleep = deadline.map(|d| self.clock.sleep_until(d));
-                tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => break,
-                    _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
-                        if let Some(inst) = instance.as_mut()
-                            && let Err(t) = self.tick(inst, &mut run).await
-                        {
-                            self.crashed(&mut instance, &mut run, t, None, &mut backoff, &mut retry_at);
+                // The fast path: an event is waiting and nothing is due (no futures to set
+                // up and tear down for each of a flood of events).
+                let due = deadline.is_some_and(|d| self.clock.now().mono_ms >= d);
+                let ready = if due || self.cancel.is_cancelled() {
+                    None
+                } else {
+                    self.events.try_recv().ok()
+                };
+                if let Some(ev) = ready {
+                    ev
+                } else {
+                    let sleep = deadline.map(|d| self.clock.sleep_until(d));
+                    tokio::select! {
+                        biased;
+                        _ = self.cancel.cancelled() => break,
+                        _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
+                            if let Some(inst) = instance.as_mut()
+                                && let Err(t) = Box::pin(self.tick(inst, &mut run)).await
+                            {
+                                self.crashed(&mut instance, &mut run, t, None, &mut backoff, &mut retry_at);
+                            }
+                            continue;
                         }
-                        continue;
+                        ev = self.events.recv_async() => match ev {
+                            Ok(ev) => ev,
+                            Err(_) => break,
+                        },
                     }
-                    ev = self.events.recv_async() => match ev {
-                        Ok(ev) => ev,
-                        Err(_) => break,
-                    },
                 }
             };
+            // A module with a steady stream of events still lets the other modules on its
+            // worker thread run: tokio's cooperative budget makes it yield now and then.
+            tokio::task::consume_budget().await;
             match ev {
                 Event::Barrier(done) => {
                     let _ = done.send(());
@@ -335,9 +371,12 @@ impl ModuleActor {
                 self.while_down(ev);
                 continue;
             };
-            metrics::counter!("lintel_module_events_total").increment(1);
+            if !matches!(ev, Event::Received(_)) {
+                // Frames are counted one by one as they are handled.
+                run.events_total.increment(1);
+            }
             let mut crashed_exec: Option<ExecReply> = None;
-            let outcome = self.handle(inst, &mut run, ev, &mut crashed_exec).await;
+            let outcome = Box::pin(self.handle(inst, &mut run, ev, &mut crashed_exec)).await;
             match outcome {
                 Err(t) => {
                     self.crashed(
@@ -453,26 +492,19 @@ impl ModuleActor {
                 self.guest_call(inst, run, async |g, s| g.call_disconnected(s).await)
                     .await
             }
-            Event::Received(data) => {
-                let waiting = inst.store.data().host.queue.waiting();
-                let verdict = self
-                    .guest_call(inst, run, async |g, s| {
-                        g.call_received(s, &data, waiting).await
-                    })
-                    .await?;
-                if waiting.is_some() {
-                    let verdict = match verdict {
-                        wit::Verdict::Ignore => Verdict::Ignore,
-                        wit::Verdict::Done => Verdict::Done,
-                        wit::Verdict::Retry => Verdict::Retry,
-                        wit::Verdict::Fail(why) => Verdict::Fail(why),
-                    };
-                    let host = &mut inst.store.data_mut().host;
-                    let mut out = Vec::new();
-                    host.queue
-                        .verdict(verdict, self.clock.now().mono_ms, &mut out);
-                    host.queue_actions(out);
-                    self.apply_effects(inst, run);
+            Event::Received(frames) => {
+                let mut frames = frames.into_iter();
+                while let Some(data) = frames.next() {
+                    self.received(inst, run, data).await?;
+                    // What the frame caused (a finished command) reaches the driver before
+                    // the frames after it.
+                    if !run.internal.is_empty() {
+                        let rest: Vec<_> = frames.collect();
+                        if !rest.is_empty() {
+                            run.internal.push_back(Event::Received(rest));
+                        }
+                        break;
+                    }
                 }
                 Ok(())
             }
@@ -559,6 +591,37 @@ impl ModuleActor {
         }
     }
 
+    /// One frame from the device; its verdict settles the command waiting for an answer.
+    async fn received(
+        &mut self,
+        inst: &mut Instance,
+        run: &mut Running,
+        data: Vec<u8>,
+    ) -> Result<(), Trap> {
+        run.events_total.increment(1);
+        let waiting = inst.store.data().host.queue.waiting();
+        let verdict = self
+            .guest_call(inst, run, async |g, s| {
+                g.call_received(s, &data, waiting).await
+            })
+            .await?;
+        if waiting.is_some() {
+            let verdict = match verdict {
+                wit::Verdict::Ignore => Verdict::Ignore,
+                wit::Verdict::Done => Verdict::Done,
+                wit::Verdict::Retry => Verdict::Retry,
+                wit::Verdict::Fail(why) => Verdict::Fail(why),
+            };
+            let host = &mut inst.store.data_mut().host;
+            let mut out = Vec::new();
+            host.queue
+                .verdict(verdict, self.clock.now().mono_ms, &mut out);
+            host.queue_actions(out);
+            self.apply_effects(inst, run);
+        }
+        Ok(())
+    }
+
     /// Hot reload: a new instance of the new version takes over the queue and the
     /// connection; if it fails to load, the old instance keeps running untouched.
     async fn reload(
@@ -575,7 +638,7 @@ impl ModuleActor {
         // The queue moves to the new version (commands it accepts stay queued).
         std::mem::swap(&mut host.queue, &mut inst.store.data_mut().host.queue);
         host.queue.set_capacity(self.limits.queue_depth);
-        match self.new_instance(&component, budget, host, run).await {
+        match Box::pin(self.new_instance(&component, budget, host, run)).await {
             Ok(mut new) => {
                 for (_, reply) in run.pending_execs.drain() {
                     let _ = reply.send(Err(EngineError::Driver(
@@ -612,7 +675,7 @@ impl ModuleActor {
         let due = host.timers.take_due(now);
         self.apply_effects(inst, run);
         for id in due {
-            metrics::counter!("lintel_module_events_total").increment(1);
+            run.events_total.increment(1);
             self.guest_call(inst, run, async |g, s| g.call_on_timer(s, id).await)
                 .await?;
         }

@@ -245,7 +245,7 @@ impl HarnessBuilder {
             module_id: module_id.clone(),
             runtime,
             component,
-            info: Arc::new(info.clone()),
+            info: info.clone(),
             budget: Budget::default(),
             settings,
             limits: self.output,
@@ -297,7 +297,7 @@ pub struct Harness {
     rt: tokio::runtime::Runtime,
     _dir: tempfile::TempDir,
     clock: Arc<VirtualClock>,
-    info: DriverInfo,
+    info: Arc<DriverInfo>,
     events: flume::Sender<Event>,
     outbound: mpsc::Receiver<Outbound>,
     status: Arc<StatusBus>,
@@ -552,7 +552,9 @@ impl Harness {
             match self.decoder.decode(&mut self.device_buf) {
                 Ok(Some(frame)) => {
                     let events = self.events.clone();
-                    let _ = self.rt.block_on(events.send_async(Event::Received(frame)));
+                    let _ = self
+                        .rt
+                        .block_on(events.send_async(Event::Received(vec![frame])));
                 }
                 Ok(None) => return,
                 Err(e) => {

@@ -165,6 +165,10 @@ pub struct ModuleHost {
     pending_status: Vec<(String, Value)>,
     pending_index: HashMap<String, usize>,
     status_rate: Bucket,
+    /// `lintel_status_changes_total`, looked up once.
+    status_changes: metrics::Counter,
+    /// While set (during `on-load`), status stays pending instead of being published.
+    pub(crate) status_held: bool,
     pub(crate) settings: Arc<str>,
     pub(crate) secrets: Arc<HashMap<String, Value>>,
     pub(crate) declared_secrets: Arc<HashSet<String>>,
@@ -208,6 +212,8 @@ impl ModuleHost {
             pending_status: Vec::new(),
             pending_index: HashMap::new(),
             status_rate: Bucket::new(cfg.limits.status_per_second),
+            status_changes: metrics::counter!("lintel_status_changes_total"),
+            status_held: false,
             settings: cfg.settings.to_string().into(),
             secrets: Arc::new(cfg.secrets),
             declared_secrets: Arc::new(cfg.declared_secrets),
@@ -257,6 +263,9 @@ impl ModuleHost {
     /// stays pending (coalesced by key) for [`flush_status`](Self::flush_status) later.
     /// Returns how many changes were published.
     pub(crate) fn flush_status(&mut self) -> usize {
+        if self.status_held {
+            return 0;
+        }
         let Some(bus) = &self.status else {
             self.pending_status.clear();
             self.pending_index.clear();
@@ -264,17 +273,18 @@ impl ModuleHost {
         };
         let mut published = 0;
         let mut sent = 0;
-        for (key, value) in &self.pending_status {
+        for (key, value) in &mut self.pending_status {
             if !self.status_rate.take(self.now.mono_ms) {
                 break;
             }
             sent += 1;
-            if bus.set(key, value.clone()) {
+            // Moved out: the entry is drained below.
+            if bus.set(key, std::mem::take(value)) {
                 published += 1;
             }
         }
         if published > 0 {
-            metrics::counter!("lintel_status_changes_total").increment(published as u64);
+            self.status_changes.increment(published as u64);
         }
         self.pending_status.drain(..sent);
         self.pending_index.clear();
@@ -282,6 +292,13 @@ impl ModuleHost {
             self.pending_index.insert(k.clone(), i);
         }
         published
+    }
+
+    /// Forget the status set since the last flush (an `on-load` that failed: its module
+    /// does not run, or the running version stays).
+    pub(crate) fn discard_status(&mut self) {
+        self.pending_status.clear();
+        self.pending_index.clear();
     }
 
     /// When pending status may next be published (monotonic ms), if any is pending.

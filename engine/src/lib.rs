@@ -107,7 +107,7 @@ struct RunningModule {
 #[derive(Debug)]
 pub struct UploadReport {
     pub driver: DriverRecord,
-    pub info: DriverInfo,
+    pub info: Arc<DriverInfo>,
     /// Per running module of the driver: reloaded, or why it kept the old version.
     pub modules: Vec<(String, std::result::Result<(), String>)>,
 }
@@ -255,7 +255,7 @@ impl Engine {
         &self,
         tenant_id: &str,
         bytes: Vec<u8>,
-    ) -> Result<(String, DriverInfo)> {
+    ) -> Result<(String, Arc<DriverInfo>)> {
         let (hash, info) = self.runtime.install(&bytes).await?;
         self.store.put_blob(tenant_id, &hash, bytes).await?;
         Ok((hash, info))
@@ -319,7 +319,7 @@ impl Engine {
         &self,
         tenant_id: &str,
         hash: &str,
-    ) -> Result<(wasmtime::component::Component, DriverInfo)> {
+    ) -> Result<(wasmtime::component::Component, Arc<DriverInfo>)> {
         let rt = self.runtime.clone();
         let fetched = if rt.has_local(hash) {
             None
@@ -540,7 +540,7 @@ impl Engine {
         } else {
             Event::Reload {
                 component,
-                info: Arc::new(info.clone()),
+                info: info.clone(),
                 budget,
                 settings,
                 reply,
@@ -568,7 +568,7 @@ impl Engine {
             Ok(()) => {
                 if !same_driver {
                     tracing::info!(module = %cfg.module.id, from = %old.version, to = %info.version, "driver hot-reloaded");
-                    *running.info.write() = Arc::new(info);
+                    *running.info.write() = info;
                     *running.component_hash.lock() = cfg.driver.component_hash.clone();
                 }
             }
@@ -677,7 +677,6 @@ impl Engine {
             .load_component(tenant_id, &cfg.driver.component_hash)
             .await?;
         let settings = self.merged_settings(&info, &cfg)?;
-        let info = Arc::new(info);
         let module = &cfg.module;
 
         let module_id: Arc<str> = module.id.as_str().into();
@@ -705,7 +704,9 @@ impl Engine {
                     status: status.clone(),
                     cancel: cancel.clone(),
                 };
-                tokio::spawn(task.run());
+                // Beside the module actors: a frame reaches its actor without a thread
+                // switch.
+                self.executor.handle().spawn(task.run());
                 Some(tx)
             }
             TransportKind::Http => {

@@ -259,3 +259,162 @@ async fn http_request(
         body,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A real HTTP/1.1 server on a loopback port: answers each request by `respond` from
+    /// the request head and body, and hands the request it read to the test.
+    async fn server(
+        respond: impl Fn(&str, &[u8]) -> Option<Vec<u8>> + Send + Sync + 'static,
+    ) -> (
+        reqwest::Url,
+        tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = reqwest::Url::parse(&format!("http://{}/api/", listener.local_addr().unwrap()))
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let respond = Arc::new(respond);
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (tx, respond) = (tx.clone(), respond.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let (head, body) = loop {
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            let len = head
+                                .lines()
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap())
+                                })
+                                .unwrap_or(0);
+                            while buf.len() < end + 4 + len {
+                                let n = sock.read(&mut chunk).await.unwrap();
+                                buf.extend_from_slice(&chunk[..n]);
+                            }
+                            break (head, buf[end + 4..end + 4 + len].to_vec());
+                        }
+                    };
+                    let answer = respond(&head, &body);
+                    let _ = tx.send((head, body));
+                    match answer {
+                        Some(bytes) => {
+                            let _ = sock.write_all(&bytes).await;
+                        }
+                        // Never answer (the client's timeout is under test).
+                        None => tokio::time::sleep(Duration::from_secs(30)).await,
+                    }
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    fn call(method: &str, path: &str, body: &[u8], timeout_ms: u32) -> HttpCall {
+        HttpCall {
+            method: method.into(),
+            path: path.into(),
+            headers: vec![("X-Lintel-Test".into(), "yes".into())],
+            body: body.to_vec(),
+            timeout_ms,
+        }
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_reach_a_real_server_and_answers_come_back_whole() {
+        let (base, mut seen) = server(|head, body| {
+            let reply = format!("{} {}", head.lines().next().unwrap(), body.len());
+            Some(
+                format!(
+                    "HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nX-Device: panel\r\n\
+                     Content-Length: {}\r\n\r\n{reply}",
+                    reply.len()
+                )
+                .into_bytes(),
+            )
+        })
+        .await;
+        let answer = http_request(&client(), &base, call("POST", "/power?on=1", b"{}", 0))
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 201);
+        assert_eq!(
+            String::from_utf8(answer.body).unwrap(),
+            "POST /api/power?on=1 HTTP/1.1 2"
+        );
+        assert!(
+            answer
+                .headers
+                .iter()
+                .any(|(k, v)| k == "x-device" && v == "panel"),
+            "{:?}",
+            answer.headers
+        );
+        let (head, body) = seen.recv().await.unwrap();
+        assert!(
+            head.to_ascii_lowercase().contains("\r\nx-lintel-test: yes"),
+            "{head}"
+        );
+        assert_eq!(body, b"{}");
+    }
+
+    #[tokio::test]
+    async fn oversized_slow_and_off_host_requests_fail_with_a_reason() {
+        let big = MAX_HTTP_RESPONSE + 1;
+        let (base, _seen) = server(move |head, _| {
+            if head.starts_with("GET /api/slow") {
+                return None;
+            }
+            let mut bytes =
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {big}\r\n\r\n").into_bytes();
+            bytes.resize(bytes.len() + big, b'x');
+            Some(bytes)
+        })
+        .await;
+        let e = http_request(&client(), &base, call("GET", "/big", b"", 0))
+            .await
+            .unwrap_err();
+        assert_eq!(e, format!("the response exceeds {MAX_HTTP_RESPONSE} bytes"));
+
+        let e = http_request(&client(), &base, call("GET", "/slow", b"", 300))
+            .await
+            .unwrap_err();
+        assert_eq!(e, "no answer within 300 ms");
+
+        // The path is appended to the base URL; it cannot move the request to another host
+        // (through userinfo or the port).
+        let mut root = base.clone();
+        root.set_path("/");
+        for path in ["@evil.example/x", ".evil.example/x"] {
+            let r = http_request(&client(), &root, call("GET", path, b"", 0)).await;
+            assert!(
+                matches!(&r, Err(e) if e.contains("must stay on the module's host") || e.contains("bad path")),
+                "{path}: {r:?}"
+            );
+        }
+        let e = http_request(&client(), &base, call("NOT A METHOD", "/x", b"", 0))
+            .await
+            .unwrap_err();
+        assert!(!e.is_empty());
+    }
+}

@@ -381,7 +381,8 @@ pub struct DriverRuntime {
     linker: Linker<Sandbox>,
     components: Mutex<HashMap<String, Component>>,
     /// What each component declared, read once per hash (not on every module start).
-    infos: Mutex<HashMap<String, DriverInfo>>,
+    /// Metadata per component hash, shared by every module of the driver.
+    infos: Mutex<HashMap<String, Arc<DriverInfo>>>,
     blob_dir: PathBuf,
     cache_dir: PathBuf,
     compat: String,
@@ -469,9 +470,9 @@ impl DriverRuntime {
     /// Validate a component (a component, a supported world version, metadata that
     /// parses, valid schemas), store it by content hash and precompile it. Returns its hash
     /// and declared metadata. Installing the same bytes twice is a no-op.
-    pub async fn install(&self, bytes: &[u8]) -> Result<(String, DriverInfo)> {
+    pub async fn install(&self, bytes: &[u8]) -> Result<(String, Arc<DriverInfo>)> {
         let (hash, component) = self.compile_checked(bytes)?;
-        let info = self.inspect(&component).await?;
+        let info = Arc::new(self.inspect(&component).await?);
         self.infos.lock().insert(hash.clone(), info.clone());
         let blob = self.blob_dir.join(format!("{hash}.wasm"));
         if !blob.exists() {
@@ -655,11 +656,11 @@ impl DriverRuntime {
     }
 
     /// The metadata of component `hash` (read in a throwaway sandbox the first time).
-    pub async fn info(&self, hash: &str, component: &Component) -> Result<DriverInfo> {
+    pub async fn info(&self, hash: &str, component: &Component) -> Result<Arc<DriverInfo>> {
         if let Some(info) = self.infos.lock().get(hash) {
             return Ok(info.clone());
         }
-        let info = self.inspect(component).await?;
+        let info = Arc::new(self.inspect(component).await?);
         self.infos.lock().insert(hash.to_string(), info.clone());
         Ok(info)
     }
@@ -711,10 +712,12 @@ fn wasmtime_config(limits: &SandboxLimits) -> Config {
             .max_component_instance_size(128 << 10);
         config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         // Reserve only the cap per memory (no guard): thousands of slots fit the address
-        // space; no copy-on-write images: two fewer kernel mappings per instance.
+        // space. Copy-on-write images cost two kernel mappings per instance but keep the
+        // pages a module never writes shared: ~67 instead of ~95 KiB of physical memory
+        // per idle module (the P4 benchmark).
         config.memory_reservation(limits.memory_bytes as u64);
         config.memory_guard_size(0);
-        config.memory_init_cow(false);
+        config.memory_init_cow(true);
     }
     config
 }

@@ -54,10 +54,11 @@ impl ModuleStatus {
     /// Set `key`; returns whether the value changed (and so was published).
     pub fn set(&self, key: &str, value: Value) -> bool {
         let mut m = self.values.lock();
-        if m.values.get(key).is_some_and(|v| **v == value) {
-            return false;
-        }
-        let key: Arc<str> = key.into();
+        let key: Arc<str> = match m.values.get_key_value(key) {
+            Some((_, v)) if **v == value => return false,
+            Some((k, _)) => k.clone(),
+            None => key.into(),
+        };
         let value = Arc::new(value);
         m.values.insert(key.clone(), value.clone());
         m.seq += 1;

@@ -383,6 +383,57 @@ async fn invalid_components_are_refused_with_a_reason() {
         .await
         .unwrap_err();
     assert!(matches!(e, EngineError::InvalidDriver(_)), "{e}");
+
+    // A driver built against another version of the world: the same component with every
+    // `lintel:driver/…@0.1.0` name rewritten (same length, so it stays a valid component).
+    let built = lintel_bundled_drivers::DEMO_DISPLAY.component;
+    let (from, to) = (b"lintel:driver/guest@0.1.0", b"lintel:driver/guest@9.1.0");
+    let mut other = built.to_vec();
+    let mut patched = 0;
+    for i in 0..other.len().saturating_sub(from.len()) {
+        if &other[i..i + from.len()] == from {
+            other[i..i + to.len()].copy_from_slice(to);
+            patched += 1;
+        }
+    }
+    assert!(patched > 0, "the component names its export");
+    let e = engine
+        .install_component("authority-t", other)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "invalid driver component: built against lintel:driver@9.1.0; this engine runs \
+             lintel:driver@{SUPPORTED_ABI}.x: rebuild the driver with a matching SDK"
+        ),
+    );
+}
+
+/// A module whose `on-load` fails does not run and publishes nothing it set while
+/// loading; the error is its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_on_load_publishes_nothing_but_the_error() {
+    let f = demo_fixture().await;
+    let m = add_module_with(
+        &f.engine,
+        &f.tenant,
+        &f.system,
+        lintel_bundled_drivers::fixtures::MISBEHAVE.component,
+        None,
+        json!({"fail_on_load": true}),
+        SandboxBudget::default(),
+    )
+    .await;
+    f.engine.start_all().await.unwrap();
+    f.engine.settle(&f.tenant, &m.id).await.unwrap();
+    let state = f.engine.state(&f.tenant, &m.id).unwrap();
+    assert_eq!(
+        state.get(crate::actor::DRIVER_ERROR_KEY),
+        Some(&json!("on-load refused the settings: fail_on_load is set")),
+        "{state:?}"
+    );
+    assert!(!state.contains_key("loaded_with"), "{state:?}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! frames what arrives, and writes what the driver queues. Drivers never hold sockets.
 
 use bytes::{Buf, BytesMut};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use parking_lot::RwLock;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +17,9 @@ use crate::state::ModuleStatus;
 
 /// Largest framed message handed to a driver (and largest single send).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Most frames handed to a module in one event (those that one read from the device
+/// completed).
+pub(crate) const MAX_BATCH_FRAMES: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -244,6 +247,8 @@ impl TransportTask {
             reader,
             FrameDecoder::new(self.framing.clone(), MAX_FRAME_BYTES),
         );
+        let frames_total = metrics::counter!("lintel_transport_frames_total");
+        let writes_total = metrics::counter!("lintel_transport_writes_total");
         while self.outbound.try_recv().is_ok() {}
         if self.events.send_async(Event::Connected).await.is_err() {
             return;
@@ -251,25 +256,36 @@ impl TransportTask {
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                frame = frames.next() => match frame {
-                    Some(Ok(data)) => {
-                        metrics::counter!("lintel_transport_frames_total").increment(1);
-                        if self.events.send_async(Event::Received(data)).await.is_err() {
-                            return;
+                frame = frames.next() => {
+                    let first = match frame {
+                        Some(Ok(data)) => data,
+                        end => return self.ended(end),
+                    };
+                    // Frames already read go to the module together: one wake-up of its
+                    // actor per read from the device, not one per frame.
+                    let mut batch = vec![first];
+                    let mut end = None;
+                    while batch.len() < MAX_BATCH_FRAMES {
+                        match frames.next().now_or_never() {
+                            Some(Some(Ok(data))) => batch.push(data),
+                            Some(other) => {
+                                end = Some(other);
+                                break;
+                            }
+                            None => break,
                         }
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(module = %self.module_id, error = %e, "device stream error; reconnecting");
+                    frames_total.increment(batch.len() as u64);
+                    if self.events.send_async(Event::Received(batch)).await.is_err() {
                         return;
                     }
-                    None => {
-                        tracing::info!(module = %self.module_id, "device closed the connection");
-                        return;
+                    if let Some(end) = end {
+                        return self.ended(end);
                     }
                 },
                 out = self.outbound.recv() => match out {
                     Some(Outbound::Write(bytes)) => {
-                        metrics::counter!("lintel_transport_writes_total").increment(1);
+                        writes_total.increment(1);
                         if let Err(e) = writer.write_all(&bytes).await {
                             tracing::warn!(module = %self.module_id, error = %e, "write to device failed; reconnecting");
                             return;
@@ -282,6 +298,18 @@ impl TransportTask {
                     None => return,
                 },
             }
+        }
+    }
+}
+
+impl TransportTask {
+    /// The device stream ended: an error (the connection is dropped and retried) or EOF.
+    fn ended(&self, end: Option<Result<Vec<u8>, std::io::Error>>) {
+        match end {
+            Some(Err(e)) => {
+                tracing::warn!(module = %self.module_id, error = %e, "device stream error; reconnecting")
+            }
+            _ => tracing::info!(module = %self.module_id, "device closed the connection"),
         }
     }
 }

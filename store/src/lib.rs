@@ -4,8 +4,9 @@
 //! (`store/tests/conformance.rs`):
 //! - [`EmbeddedStore`] (redb), the default: one file in the data directory, durable when
 //!   a call returns, crash-safe, locked against a second process.
-//! - [`CouchbaseStore`] for production clusters: one collection per record kind, every
-//!   call under a timeout, transient failures retried, writes idempotent.
+//! - `CouchbaseStore` (cargo feature `couchbase`, on in the `lintel` binary) for production
+//!   clusters: one collection per record kind, every call under a timeout, transient
+//!   failures retried, writes idempotent.
 //!
 //! The raw trait moves [`Doc`]s; [`StoreExt`] adds typed records, validation, the audit
 //! trail and soft delete on top. Every key and query names a tenant, so no call can reach
@@ -14,12 +15,14 @@
 #![recursion_limit = "256"] // the Couchbase SDK's futures are deeply nested
 
 mod backup;
+#[cfg(feature = "couchbase")]
 mod couchbase;
 mod doc;
 mod embedded;
 mod typed;
 
 pub use backup::{BackupSummary, RestoreError, check_backup, restore, write_backup};
+#[cfg(feature = "couchbase")]
 pub use couchbase::{CouchbaseConfig, CouchbaseStore};
 pub use doc::{doc_from_body, migrate_doc};
 pub use embedded::EmbeddedStore;

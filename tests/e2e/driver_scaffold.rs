@@ -104,21 +104,15 @@ fn scaffolded_driver_builds_and_passes_its_tests() {
     let mut test = Command::new(cargo);
     test.args(["test", "--offline"])
         .current_dir(&dir)
-        .env("CARGO_TARGET_DIR", target_dir().join("scaffold"))
         .env("CARGO_NET_OFFLINE", "true")
         .env("CARGO_TERM_COLOR", "never");
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_BUILD_TARGET",
-        "CARGO_MANIFEST_DIR",
-        "CARGO_PKG_NAME",
-    ] {
+    for var in lintel_driver_harness::OUTER_BUILD_ENV
+        .into_iter()
+        .chain(["CARGO_MANIFEST_DIR", "CARGO_PKG_NAME"])
+    {
         test.env_remove(var);
     }
+    test.env("CARGO_TARGET_DIR", target_dir().join("scaffold"));
     let started = Instant::now();
     let (ok, stdout, stderr) = run(test);
     eprintln!(

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc/provider.mjs");
 const NODE_MODULES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc/node_modules");
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// More than any sign-in takes (relying party, authorize, two interactions, callback).
 const MAX_REDIRECTS: usize = 20;
 
@@ -51,7 +51,7 @@ impl IdpAccount {
 }
 
 impl Idp {
-    /// Start the provider with one confidential client; waits for READY (timeout 20 s, with the
+    /// Start the provider with one confidential client; waits for READY (timeout 60 s, with the
     /// captured stderr in the panic message).
     pub fn start(
         client_id: &str,

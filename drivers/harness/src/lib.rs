@@ -67,6 +67,18 @@ macro_rules! driver_component {
     };
 }
 
+/// Environment a nested `cargo` must not inherit from the `cargo test` that runs it: flags,
+/// wrappers, target and target directory meant for the outer (host) build.
+pub const OUTER_BUILD_ENV: [&str; 7] = [
+    "RUSTFLAGS",
+    "CARGO_ENCODED_RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "RUSTC_WRAPPER",
+    "RUSTC_WORKSPACE_WRAPPER",
+    "CARGO_BUILD_TARGET",
+    "CARGO_TARGET_DIR",
+];
+
 /// [`build_driver`] once per crate directory and process; panics when the build fails.
 /// Prefer [`driver_component!`].
 pub fn cached_driver(manifest_dir: &Path) -> Vec<u8> {
@@ -123,15 +135,7 @@ pub fn build_driver(manifest_dir: &Path) -> Result<Vec<u8>, String> {
         .arg(&manifest)
         .arg("--target-dir")
         .arg(&target_dir);
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
+    for var in OUTER_BUILD_ENV {
         cmd.env_remove(var);
     }
     let out = cmd
