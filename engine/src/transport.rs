@@ -17,9 +17,11 @@ use crate::state::ModuleStatus;
 
 /// Largest framed message handed to a driver (and largest single send).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
-/// Most frames handed to a module in one event (those that one read from the device
-/// completed).
+/// Most frames handed to a module in one event (frames already read from the device go
+/// together), and the size past which no frame joins a batch: an event holds at most
+/// `MAX_BATCH_BYTES + MAX_FRAME_BYTES`, so a module's full event queue stays bounded.
 pub(crate) const MAX_BATCH_FRAMES: usize = 64;
+pub(crate) const MAX_BATCH_BYTES: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -263,11 +265,15 @@ impl TransportTask {
                     };
                     // Frames already read go to the module together: one wake-up of its
                     // actor per read from the device, not one per frame.
+                    let mut bytes = first.len();
                     let mut batch = vec![first];
                     let mut end = None;
-                    while batch.len() < MAX_BATCH_FRAMES {
+                    while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
                         match frames.next().now_or_never() {
-                            Some(Some(Ok(data))) => batch.push(data),
+                            Some(Some(Ok(data))) => {
+                                bytes += data.len();
+                                batch.push(data);
+                            }
                             Some(other) => {
                                 end = Some(other);
                                 break;
@@ -317,6 +323,66 @@ impl TransportTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Frames already read reach the module together, in order, and a batch stays within
+    /// its frame and byte bounds.
+    #[tokio::test]
+    async fn frames_already_read_are_batched_within_bounds() {
+        let (device_tx, mut device_rx) = mpsc::unbounded_channel();
+        let endpoints: Endpoints = Default::default();
+        endpoints.write().insert(
+            "dev".into(),
+            Arc::new(move || {
+                let (engine_side, device_side) = tokio::io::duplex(1 << 20);
+                let _ = device_tx.send(device_side);
+                engine_side
+            }),
+        );
+        let (events_tx, events) = flume::bounded(1024);
+        let (_outbound_tx, outbound) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let task = TransportTask {
+            module_id: "mod-t".into(),
+            target: Target::parse("sim://dev").unwrap(),
+            framing: Framing::Delimiter(b"\n".to_vec()),
+            endpoints,
+            events: events_tx,
+            outbound,
+            status: crate::state::StatusBus::default().module("mod-t"),
+            cancel: cancel.clone(),
+        };
+        let running = tokio::spawn(task.run());
+        let mut device = device_rx.recv().await.unwrap();
+        assert!(matches!(events.recv_async().await, Ok(Event::Connected)));
+        // 2,000 lines of 100 bytes, written before the transport reads any of them.
+        let lines: Vec<Vec<u8>> = (0..2000).map(|i| format!("{i:099}").into_bytes()).collect();
+        let mut bytes = Vec::new();
+        for line in &lines {
+            bytes.extend_from_slice(line);
+            bytes.push(b'\n');
+        }
+        device.write_all(&bytes).await.unwrap();
+        let mut got = Vec::new();
+        let mut largest = 0;
+        while got.len() < lines.len() {
+            match events.recv_async().await.unwrap() {
+                Event::Received(batch) => {
+                    assert!(batch.len() <= MAX_BATCH_FRAMES, "{}", batch.len());
+                    let size: usize = batch.iter().map(Vec::len).sum();
+                    assert!(size <= MAX_BATCH_BYTES + MAX_FRAME_BYTES, "{size}");
+                    largest = largest.max(batch.len());
+                    got.extend(batch);
+                }
+                _ => panic!("only frames expected"),
+            }
+        }
+        assert_eq!(got, lines);
+        // 101-byte frames: the frame bound (64) ends a batch before the byte bound would
+        // (16 KiB, ~160 frames).
+        assert_eq!(largest, MAX_BATCH_FRAMES);
+        cancel.cancel();
+        running.await.unwrap();
+    }
 
     fn decode_all(framing: Framing, max: usize, input: &[u8]) -> Result<Vec<Vec<u8>>, String> {
         let mut d = FrameDecoder::new(framing, max);
