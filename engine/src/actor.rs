@@ -83,7 +83,7 @@ impl ModuleSettings {
 pub(crate) enum Event {
     Connected,
     Disconnected,
-    /// Frames from the device, in order (those one read completed).
+    /// Frames from the device, in order (those already read, batched by the transport).
     Received(Vec<Vec<u8>>),
     Exec {
         function: String,

@@ -380,8 +380,8 @@ pub struct DriverRuntime {
     engine: Engine,
     linker: Linker<Sandbox>,
     components: Mutex<HashMap<String, Component>>,
-    /// What each component declared, read once per hash (not on every module start).
-    /// Metadata per component hash, shared by every module of the driver.
+    /// What each component declared, read once per hash and shared by every module of the
+    /// driver.
     infos: Mutex<HashMap<String, Arc<DriverInfo>>>,
     blob_dir: PathBuf,
     cache_dir: PathBuf,

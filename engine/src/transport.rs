@@ -306,9 +306,7 @@ impl TransportTask {
             }
         }
     }
-}
 
-impl TransportTask {
     /// The device stream ended: an error (the connection is dropped and retried) or EOF.
     fn ended(&self, end: Option<Result<Vec<u8>, std::io::Error>>) {
         match end {
