@@ -163,7 +163,9 @@ pub struct ModuleHost {
     pub(crate) status: Option<ModuleStatus>,
     /// Status set during this call, coalesced per key, published after it.
     pending_status: Vec<(String, Value)>,
-    pending_index: HashMap<String, usize>,
+    /// Where each pending key is in `pending_status` (foldhash: keyed per process, and
+    /// several times faster than SipHash on short keys).
+    pending_index: foldhash::HashMap<String, usize>,
     status_rate: Bucket,
     /// `lintel_status_changes_total`, looked up once.
     status_changes: metrics::Counter,
@@ -210,7 +212,7 @@ impl ModuleHost {
             timers: Timers::default(),
             status: cfg.status,
             pending_status: Vec::new(),
-            pending_index: HashMap::new(),
+            pending_index: foldhash::HashMap::default(),
             status_rate: Bucket::new(cfg.limits.status_per_second),
             status_changes: metrics::counter!("lintel_status_changes_total"),
             status_held: false,

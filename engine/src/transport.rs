@@ -20,7 +20,7 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// Most frames handed to a module in one event (frames already read from the device go
 /// together), and the size past which no frame joins a batch: an event holds at most
 /// `MAX_BATCH_BYTES + MAX_FRAME_BYTES`, so a module's full event queue stays bounded.
-pub(crate) const MAX_BATCH_FRAMES: usize = 64;
+pub(crate) const MAX_BATCH_FRAMES: usize = 256;
 pub(crate) const MAX_BATCH_BYTES: usize = 16 * 1024;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
@@ -323,9 +323,19 @@ mod tests {
     use super::*;
 
     /// Frames already read reach the module together, in order, and a batch stays within
-    /// its frame and byte bounds.
+    /// its frame bound (many short lines) and its byte bound (long lines).
     #[tokio::test]
     async fn frames_already_read_are_batched_within_bounds() {
+        // 2,000 lines of 10 bytes: the frame bound ends a batch (256 × 11 bytes < 16 KiB).
+        assert_eq!(largest_batch(2000, 10).await, MAX_BATCH_FRAMES);
+        // 200 lines of 1,000 bytes: the byte bound ends a batch. It takes frames while it
+        // holds less than 16 KiB, so the 17th frame (16,016 bytes before it) is its last.
+        assert_eq!(largest_batch(200, 1000).await, 17);
+    }
+
+    /// Writes `count` lines of `len` bytes before the transport reads any of them; checks
+    /// every frame arrives in order within the bounds; returns the largest batch.
+    async fn largest_batch(count: usize, len: usize) -> usize {
         let (device_tx, mut device_rx) = mpsc::unbounded_channel();
         let endpoints: Endpoints = Default::default();
         endpoints.write().insert(
@@ -352,8 +362,9 @@ mod tests {
         let running = tokio::spawn(task.run());
         let mut device = device_rx.recv().await.unwrap();
         assert!(matches!(events.recv_async().await, Ok(Event::Connected)));
-        // 2,000 lines of 100 bytes, written before the transport reads any of them.
-        let lines: Vec<Vec<u8>> = (0..2000).map(|i| format!("{i:099}").into_bytes()).collect();
+        let lines: Vec<Vec<u8>> = (0..count)
+            .map(|i| format!("{i:0len$}").into_bytes())
+            .collect();
         let mut bytes = Vec::new();
         for line in &lines {
             bytes.extend_from_slice(line);
@@ -375,11 +386,9 @@ mod tests {
             }
         }
         assert_eq!(got, lines);
-        // 101-byte frames: the frame bound (64) ends a batch before the byte bound would
-        // (16 KiB, ~160 frames).
-        assert_eq!(largest, MAX_BATCH_FRAMES);
         cancel.cancel();
         running.await.unwrap();
+        largest
     }
 
     fn decode_all(framing: Framing, max: usize, input: &[u8]) -> Result<Vec<Vec<u8>>, String> {
