@@ -414,8 +414,14 @@ impl bindings::lintel::driver::host::Host for ModuleHost {
 
     fn set_status(&mut self, key: String, value: String) -> Result<(), String> {
         check_name("status key", &key)?;
-        if key == "connected" {
-            return Err("`connected` is set by the engine from the transport".into());
+        if [
+            "connected",
+            crate::CONNECTION_ERROR_KEY,
+            crate::DRIVER_ERROR_KEY,
+        ]
+        .contains(&key.as_str())
+        {
+            return Err(format!("`{key}` is set by the engine"));
         }
         if value.len() > MAX_STATUS_VALUE {
             return Err(format!(

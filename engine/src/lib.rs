@@ -15,6 +15,7 @@ mod queue;
 mod runtime;
 mod state;
 mod timers;
+mod tls;
 mod transport;
 
 pub use actor::{DRIVER_ERROR_KEY, HostEvent, HttpAnswer, ModuleSettings};
@@ -30,7 +31,7 @@ pub use runtime::{
 };
 pub use state::{StatusBus, StatusChange};
 pub use timers::{MAX_TIMERS, Schedule};
-pub use transport::{InProcessEndpoint, MAX_FRAME_BYTES, Target};
+pub use transport::{CONNECTION_ERROR_KEY, InProcessEndpoint, MAX_FRAME_BYTES, Target};
 
 use actor::{Event, ModuleActor, SystemClock};
 use lintel_model::{
@@ -101,6 +102,8 @@ struct RunningModule {
     cancel: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     last_error: Arc<Mutex<Option<String>>>,
+    /// The `tls` settings its transport was opened with (a change reopens it).
+    tls_settings: Value,
 }
 
 /// What happened to each running module when a driver was upgraded.
@@ -538,6 +541,9 @@ impl Engine {
         let settings = self
             .merged_settings(&info, &cfg)
             .map_err(|e| e.to_string())?;
+        if settings.public.get("tls").unwrap_or(&Value::Null) != &running.tls_settings {
+            return Err("the TLS settings changed: the connection is reopened".into());
+        }
         let (reply, answer) = oneshot::channel();
         let ev = if same_driver {
             Event::Update { settings, reply }
@@ -681,6 +687,7 @@ impl Engine {
             .load_component(tenant_id, &cfg.driver.component_hash)
             .await?;
         let settings = self.merged_settings(&info, &cfg)?;
+        let tls_settings = settings.public.get("tls").cloned().unwrap_or(Value::Null);
         let module = &cfg.module;
 
         let module_id: Arc<str> = module.id.as_str().into();
@@ -694,9 +701,29 @@ impl Engine {
         let mut base_uri = None;
         let outbound = match info.transport {
             TransportKind::None => None,
-            TransportKind::Tcp => {
-                let uri = endpoint.as_deref().ok_or_else(|| need("tcp://host:port"))?;
-                let target = Target::parse(uri).map_err(EngineError::Internal)?;
+            TransportKind::Tcp | TransportKind::Tls | TransportKind::Udp => {
+                let uri = endpoint
+                    .as_deref()
+                    .ok_or_else(|| need("tcp://, tls:// or udp://host:port"))?;
+                // The module's address picks the transport, as PlaceOS's `tls` and `udp`
+                // module flags do; a driver that declares TLS upgrades `tcp://` to it.
+                let target = match (Target::parse(uri), &info.transport) {
+                    (Ok(Target::Tcp { host, port }), TransportKind::Tls) => {
+                        Target::Tls { host, port }
+                    }
+                    (Ok(t), _) => t,
+                    (Err(e), _) => {
+                        return Err(EngineError::Internal(format!("module {}: {e}", module.id)));
+                    }
+                };
+                let tls = match target {
+                    Target::Tls { .. } => Some(
+                        tls::TlsClient::from_settings(&settings.public).map_err(|e| {
+                            EngineError::Internal(format!("module {}: {e}", module.id))
+                        })?,
+                    ),
+                    _ => None,
+                };
                 let (tx, rx) = mpsc::channel(self.cfg.output.queue_depth.max(1));
                 let task = transport::TransportTask {
                     module_id: module_id.clone(),
@@ -707,6 +734,7 @@ impl Engine {
                     outbound: rx,
                     status: status.clone(),
                     cancel: cancel.clone(),
+                    tls,
                 };
                 // Beside the module actors: a frame reaches its actor without a thread
                 // switch.
@@ -767,6 +795,7 @@ impl Engine {
                 cancel,
                 task: Mutex::new(Some(task)),
                 last_error,
+                tls_settings,
             }),
         );
         metrics::gauge!("lintel_modules_running").set(self.running_modules() as f64);

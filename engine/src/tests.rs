@@ -1130,3 +1130,323 @@ fn too_many_modules_for_the_kernel_mapping_limit_are_warned_about() {
     assert_eq!(crate::map_count_warning(10_000, Some(262_144)), None);
     assert_eq!(crate::map_count_warning(10_000, None), None);
 }
+
+/// A TLS device (certificate for `device.test`, issued by a site CA) that answers each
+/// line with `echo <line>`. Returns its port and the CA's PEM.
+async fn tls_echo_device() -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["device.test".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake here.
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (r, mut w) = tokio::io::split(stream);
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if w.write_all(format!("echo {line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, ca.pem())
+}
+
+/// Wait until `key` is a string containing `part`; returns it.
+async fn wait_for_text(
+    engine: &Engine,
+    tenant: &str,
+    module: &str,
+    key: &str,
+    part: &str,
+) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(Value::String(s)) = engine.state_key(tenant, module, key).ok().flatten()
+            && s.contains(part)
+        {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never contained `{part}`; state: {:?}",
+            engine.state(tenant, module)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// TLS devices: a certificate from the module's CA is trusted; one from an unknown CA is
+/// refused with a clear `connection_error` while the module stays up, and it connects once
+/// the CA is configured; `tls.verify: false` connects anyway. Bad TLS settings stop the
+/// module from starting, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_devices_are_checked_against_the_module_ca() {
+    use lintel_bundled_drivers::fixtures::VERSIONED_V1;
+    let f = demo_fixture().await;
+    let (port, ca) = tls_echo_device().await;
+    let uri = format!("tls://127.0.0.1:{port}");
+    let add = |settings: Value| {
+        add_module(
+            &f.engine,
+            &f.tenant,
+            &f.system,
+            VERSIONED_V1.component,
+            Some(&uri),
+            settings,
+        )
+    };
+    let trusted = add(json!({"tls": {"ca": ca, "server_name": "device.test"}})).await;
+    let unknown = add(json!({"tls": {"server_name": "device.test"}})).await;
+    let unchecked = add(json!({"tls": {"verify": false}})).await;
+    f.engine.start_all().await.unwrap();
+    for m in [&trusted, &unchecked] {
+        wait_for(&f.engine, &f.tenant, &m.id, "connected", json!(true)).await;
+        f.exec(&m.id, "say", vec![json!("over tls")]).await.unwrap();
+        wait_for(
+            &f.engine,
+            &f.tenant,
+            &m.id,
+            "last_line",
+            json!("echo over tls"),
+        )
+        .await;
+        assert_eq!(
+            f.engine
+                .state_key(&f.tenant, &m.id, CONNECTION_ERROR_KEY)
+                .unwrap(),
+            None,
+            "a module that always connected has no error key"
+        );
+    }
+    let why = wait_for_text(
+        &f.engine,
+        &f.tenant,
+        &unknown.id,
+        CONNECTION_ERROR_KEY,
+        "TLS handshake",
+    )
+    .await;
+    assert!(why.contains("certificate"), "{why}");
+    assert_eq!(
+        f.engine
+            .state_key(&f.tenant, &unknown.id, "connected")
+            .unwrap(),
+        Some(json!(false))
+    );
+    assert_eq!(f.engine.module_error(&f.tenant, &unknown.id).unwrap(), None);
+    assert_eq!(
+        f.exec(&unknown.id, "version", vec![]).await.unwrap(),
+        json!(1)
+    );
+
+    // Configure the CA: the TLS settings changed, so the connection is reopened (not just
+    // `on-update`); the module connects and the error clears.
+    let cfg = f
+        .engine
+        .module_config(&f.tenant, &unknown.id)
+        .await
+        .unwrap();
+    let mut settings = cfg.settings[0].clone();
+    settings.body = SettingsBody::Plain(json!({"tls": {"ca": ca, "server_name": "device.test"}}));
+    f.engine
+        .store
+        .update(&Actor::system(), settings)
+        .await
+        .unwrap();
+    f.engine.sync_module(&f.tenant, &unknown.id).await.unwrap();
+    wait_for(&f.engine, &f.tenant, &unknown.id, "connected", json!(true)).await;
+    // Reopened from scratch, the module's state starts over: no error is left behind.
+    assert_eq!(
+        f.engine
+            .state_key(&f.tenant, &unknown.id, CONNECTION_ERROR_KEY)
+            .unwrap(),
+        None
+    );
+
+    // A bad CA is refused at start, naming the setting.
+    let bad = add(json!({"tls": {"ca": "not a certificate"}})).await;
+    let e = f.engine.start_module(&f.tenant, &bad.id).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("setting `tls.ca` holds no PEM certificate"),
+        "{e}"
+    );
+    f.engine.shutdown().await;
+}
+
+/// UDP devices: datagrams are framed like a stream (`echo …\n` answers reach `received`
+/// as lines); a device that is off is reported (`connection_error`, from the ICMP error)
+/// while the module stays up, and the error clears when the device answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_devices_exchange_datagrams_and_report_when_off() {
+    use lintel_bundled_drivers::fixtures::VERSIONED_V1;
+    let f = demo_fixture().await;
+    let device = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = device.local_addr().unwrap();
+    let echo = |device: tokio::net::UdpSocket| {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = device.recv_from(&mut buf).await {
+                let line = String::from_utf8_lossy(&buf[..n]).trim_end().to_string();
+                let _ = device
+                    .send_to(format!("echo {line}\n").as_bytes(), from)
+                    .await;
+            }
+        })
+    };
+    let serving = echo(device);
+    let m = add_module(
+        &f.engine,
+        &f.tenant,
+        &f.system,
+        VERSIONED_V1.component,
+        Some(&format!("udp://{addr}")),
+        json!({}),
+    )
+    .await;
+    f.engine.start_all().await.unwrap();
+    wait_for(&f.engine, &f.tenant, &m.id, "connected", json!(true)).await;
+    // The driver's greeting on connect came back as one line.
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        "last_line",
+        json!("echo HELLO v1"),
+    )
+    .await;
+    f.exec(&m.id, "say", vec![json!("over udp")]).await.unwrap();
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        "last_line",
+        json!("echo over udp"),
+    )
+    .await;
+
+    // The device goes away: the next send draws an ICMP "port unreachable".
+    serving.abort();
+    let _ = serving.await;
+    f.exec(&m.id, "say", vec![json!("anyone?")]).await.unwrap();
+    let why = wait_for_text(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        CONNECTION_ERROR_KEY,
+        "unreachable",
+    )
+    .await;
+    assert!(why.contains("refused"), "{why}");
+    assert_eq!(f.exec(&m.id, "version", vec![]).await.unwrap(), json!(1));
+
+    // Back on the same port: answers arrive again and the error clears.
+    let device = tokio::net::UdpSocket::bind(addr).await.unwrap();
+    let _serving = echo(device);
+    f.exec(&m.id, "say", vec![json!("back")]).await.unwrap();
+    wait_for(&f.engine, &f.tenant, &m.id, "last_line", json!("echo back")).await;
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        CONNECTION_ERROR_KEY,
+        Value::Null,
+    )
+    .await;
+    f.engine.shutdown().await;
+}
+
+/// A TCP device that refuses connections is reported (`connection_error`, `connected`
+/// false) and retried with backoff; when it starts listening the module connects and the
+/// error clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_tcp_device_is_reported_and_reconnected() {
+    use lintel_bundled_drivers::fixtures::VERSIONED_V1;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let f = demo_fixture().await;
+    let addr = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let m = add_module(
+        &f.engine,
+        &f.tenant,
+        &f.system,
+        VERSIONED_V1.component,
+        Some(&format!("tcp://{addr}")),
+        json!({}),
+    )
+    .await;
+    f.engine.start_all().await.unwrap();
+    let why = wait_for_text(&f.engine, &f.tenant, &m.id, CONNECTION_ERROR_KEY, "refused").await;
+    assert!(
+        why.contains(&format!("connect to 127.0.0.1:{}", addr.port())),
+        "{why}"
+    );
+    assert_eq!(
+        f.engine.state_key(&f.tenant, &m.id, "connected").unwrap(),
+        Some(json!(false))
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let _ = w.write_all(format!("echo {line}\n").as_bytes()).await;
+                }
+            });
+        }
+    });
+    wait_for(&f.engine, &f.tenant, &m.id, "connected", json!(true)).await;
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        CONNECTION_ERROR_KEY,
+        Value::Null,
+    )
+    .await;
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        "last_line",
+        json!("echo HELLO v1"),
+    )
+    .await;
+    f.engine.shutdown().await;
+}

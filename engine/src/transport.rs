@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actor::Event;
 use crate::state::ModuleStatus;
+use crate::tls::TlsClient;
 
 /// Largest framed message handed to a driver (and largest single send).
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;
@@ -22,6 +23,8 @@ pub const MAX_FRAME_BYTES: usize = 64 * 1024;
 /// `MAX_BATCH_BYTES + MAX_FRAME_BYTES`, so a module's full event queue stays bounded.
 pub(crate) const MAX_BATCH_FRAMES: usize = 256;
 pub(crate) const MAX_BATCH_BYTES: usize = 16 * 1024;
+/// Status key holding why the device cannot be reached (null once it can).
+pub const CONNECTION_ERROR_KEY: &str = "connection_error";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -66,6 +69,8 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Tcp { host: String, port: u16 },
+    Tls { host: String, port: u16 },
+    Udp { host: String, port: u16 },
     InProcess(String),
 }
 
@@ -77,9 +82,9 @@ impl Target {
             }
             return Ok(Target::InProcess(name.to_string()));
         }
-        let rest = uri
-            .strip_prefix("tcp://")
-            .ok_or_else(|| format!("unsupported uri `{uri}` (expected tcp://host:port)"))?;
+        let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
+            format!("unsupported uri `{uri}` (expected tcp://, tls:// or udp://host:port)")
+        })?;
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest
             .rsplit_once(':')
@@ -90,15 +95,46 @@ impl Target {
         if host.is_empty() || port == 0 {
             return Err(format!("uri `{uri}` needs a host and a non-zero port"));
         }
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        Ok(Target::Tcp {
-            host: host.to_string(),
-            port,
-        })
+        if host.contains(['/', '@', '?', '#']) {
+            return Err(format!("uri `{uri}` must be only scheme://host:port"));
+        }
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        match scheme {
+            "tcp" => Ok(Target::Tcp { host, port }),
+            "tls" => Ok(Target::Tls { host, port }),
+            "udp" => Ok(Target::Udp { host, port }),
+            _ => Err(format!(
+                "unsupported uri `{uri}` (expected tcp://, tls:// or udp://host:port)"
+            )),
+        }
     }
 }
 
-async fn connect(target: &Target, endpoints: &Endpoints) -> Result<Box<dyn Stream>, String> {
+/// A live connection to a device.
+enum Conn {
+    Stream(Box<dyn Stream>),
+    Datagram(tokio::net::UdpSocket),
+}
+
+async fn connect(
+    target: &Target,
+    endpoints: &Endpoints,
+    tls: Option<&TlsClient>,
+) -> Result<Conn, String> {
+    let tcp = async |host: &str, port: u16| {
+        let s = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        .map_err(|_| format!("connect to {host}:{port} timed out"))?
+        .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+        s.set_nodelay(true).ok();
+        Ok::<_, String>(s)
+    };
     match target {
         Target::InProcess(name) => {
             let ep = endpoints
@@ -106,18 +142,46 @@ async fn connect(target: &Target, endpoints: &Endpoints) -> Result<Box<dyn Strea
                 .get(name)
                 .cloned()
                 .ok_or_else(|| format!("no in-process device `{name}`"))?;
-            Ok(Box::new(ep.connect()))
+            Ok(Conn::Stream(Box::new(ep.connect())))
         }
-        Target::Tcp { host, port } => {
-            let s = tokio::time::timeout(
+        Target::Tcp { host, port } => Ok(Conn::Stream(Box::new(tcp(host, *port).await?))),
+        Target::Tls { host, port } => {
+            let tls = tls.ok_or("no TLS configuration for a tls:// address")?;
+            let name = tls.name_for(host)?;
+            let s = tcp(host, *port).await?;
+            if tls.unverified {
+                tracing::warn!(%host, port, "TLS certificate not verified (setting tls.verify is false)");
+            }
+            let s = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(name, s))
+                .await
+                .map_err(|_| format!("TLS handshake with {host}:{port} timed out"))?
+                .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+            Ok(Conn::Stream(Box::new(s)))
+        }
+        Target::Udp { host, port } => {
+            let addr = tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                tokio::net::TcpStream::connect((host.as_str(), *port)),
+                tokio::net::lookup_host((host.as_str(), *port)),
             )
             .await
-            .map_err(|_| format!("connect to {host}:{port} timed out"))?
-            .map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-            s.set_nodelay(true).ok();
-            Ok(Box::new(s))
+            .map_err(|_| format!("resolving {host} timed out"))?
+            .map_err(|e| format!("resolving {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))?;
+            let local: std::net::SocketAddr = if addr.is_ipv4() {
+                ([0, 0, 0, 0], 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let socket = tokio::net::UdpSocket::bind(local)
+                .await
+                .map_err(|e| format!("udp socket: {e}"))?;
+            // Connected: only datagrams from the device's address are received.
+            socket
+                .connect(addr)
+                .await
+                .map_err(|e| format!("udp to {addr}: {e}"))?;
+            Ok(Conn::Datagram(socket))
         }
     }
 }
@@ -205,6 +269,8 @@ pub(crate) struct TransportTask {
     pub outbound: mpsc::Receiver<Outbound>,
     pub status: ModuleStatus,
     pub cancel: CancellationToken,
+    /// For `tls://` targets (from the module's `tls` settings).
+    pub tls: Option<TlsClient>,
 }
 
 impl TransportTask {
@@ -214,13 +280,17 @@ impl TransportTask {
         loop {
             let attempt = tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                r = connect(&self.target, &self.endpoints) => r,
+                r = connect(&self.target, &self.endpoints, self.tls.as_ref()) => r,
             };
             match attempt {
-                Ok(stream) => {
+                Ok(conn) => {
                     backoff = BACKOFF_MIN;
                     tracing::info!(module = %self.module_id, "device connected");
-                    self.session(stream).await;
+                    self.report(None);
+                    match conn {
+                        Conn::Stream(stream) => self.session(stream).await,
+                        Conn::Datagram(socket) => self.datagrams(socket).await,
+                    }
                     // PlaceOS semantics: commands queued for a lost connection are dropped
                     // (the actor clears its command queue on `Disconnected`).
                     while self.outbound.try_recv().is_ok() {}
@@ -231,6 +301,7 @@ impl TransportTask {
                 }
                 Err(e) => {
                     tracing::warn!(module = %self.module_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "device unreachable");
+                    self.report(Some(e));
                 }
             }
             let jitter = rand::random::<f64>() * 0.3 + 0.85;
@@ -311,9 +382,130 @@ impl TransportTask {
     fn ended(&self, end: Option<Result<Vec<u8>, std::io::Error>>) {
         match end {
             Some(Err(e)) => {
-                tracing::warn!(module = %self.module_id, error = %e, "device stream error; reconnecting")
+                tracing::warn!(module = %self.module_id, error = %e, "device stream error; reconnecting");
+                self.report(Some(format!("device stream error: {e}")));
             }
             _ => tracing::info!(module = %self.module_id, "device closed the connection"),
+        }
+    }
+
+    /// Publish why the device cannot be reached (`connection_error`), or clear it.
+    fn report(&self, error: Option<String>) {
+        match error {
+            Some(e) => self
+                .status
+                .set(CONNECTION_ERROR_KEY, serde_json::Value::String(e)),
+            // A module that never failed to connect has no such key.
+            None if self.status.has(CONNECTION_ERROR_KEY) => self
+                .status
+                .set(CONNECTION_ERROR_KEY, serde_json::Value::Null),
+            None => false,
+        };
+    }
+
+    /// A UDP "connection": datagrams are cut into frames like a stream (with raw framing,
+    /// one datagram is one frame). The socket stays up through ICMP errors (a device that
+    /// is off), which are reported; the next send tries again.
+    async fn datagrams(&mut self, socket: tokio::net::UdpSocket) {
+        let frames_total = metrics::counter!("lintel_transport_frames_total");
+        let writes_total = metrics::counter!("lintel_transport_writes_total");
+        while self.outbound.try_recv().is_ok() {}
+        if self.events.send_async(Event::Connected).await.is_err() {
+            return;
+        }
+        let mut decoder = FrameDecoder::new(self.framing.clone(), MAX_FRAME_BYTES);
+        let mut pending = BytesMut::new();
+        // One byte more than a frame may hold, to tell an over-long datagram apart.
+        let mut buf = vec![0u8; MAX_FRAME_BYTES + 1];
+        let mut reported = false;
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                got = socket.recv(&mut buf) => match got {
+                    Ok(n) => {
+                        if reported {
+                            // The device answers again (what follows may report anew).
+                            reported = false;
+                            self.report(None);
+                        }
+                        reported |= self.take_datagram(&buf[..n], &mut pending);
+                        // Datagrams already queued are framed together.
+                        while pending.len() < MAX_BATCH_BYTES {
+                            match socket.try_recv(&mut buf) {
+                                Ok(k) => reported |= self.take_datagram(&buf[..k], &mut pending),
+                                Err(_) => break,
+                            }
+                        }
+                        loop {
+                            let mut batch = Vec::new();
+                            let mut bytes = 0;
+                            while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+                                match decoder.decode(&mut pending) {
+                                    Ok(Some(frame)) => {
+                                        bytes += frame.len();
+                                        batch.push(frame);
+                                    }
+                                    Ok(None) => break,
+                                    Err(e) => {
+                                        tracing::warn!(module = %self.module_id, error = %e, "datagram data dropped");
+                                        self.report(Some(format!("datagram data dropped: {e}")));
+                                        reported = true;
+                                        pending.clear();
+                                        break;
+                                    }
+                                }
+                            }
+                            if batch.is_empty() {
+                                break;
+                            }
+                            frames_total.increment(batch.len() as u64);
+                            if self.events.send_async(Event::Received(batch)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // ECONNREFUSED from an earlier send: nothing listens on the port.
+                        tracing::warn!(module = %self.module_id, error = %e, "udp device unreachable");
+                        self.report(Some(format!("udp device unreachable: {e}")));
+                        reported = true;
+                    }
+                },
+                out = self.outbound.recv() => match out {
+                    Some(Outbound::Write(bytes)) => {
+                        writes_total.increment(1);
+                        if let Err(e) = socket.send(&bytes).await {
+                            tracing::warn!(module = %self.module_id, error = %e, "udp send failed");
+                            self.report(Some(format!("udp send failed: {e}")));
+                            reported = true;
+                        }
+                    }
+                    Some(Outbound::Disconnect) | None => return,
+                },
+            }
+        }
+    }
+
+    /// Add one datagram to the bytes waiting to be framed; an over-long one is dropped
+    /// (and reported: returns true).
+    fn take_datagram(&self, data: &[u8], pending: &mut BytesMut) -> bool {
+        if data.len() > MAX_FRAME_BYTES {
+            tracing::warn!(module = %self.module_id, "datagram dropped: over the {MAX_FRAME_BYTES}-byte frame limit");
+            self.report(Some(format!(
+                "datagram dropped: frame exceeds the {MAX_FRAME_BYTES}-byte limit"
+            )));
+            true
+        } else if pending.len() + data.len() > MAX_FRAME_BYTES + MAX_BATCH_BYTES {
+            // Unframed bytes that never complete a frame do not pile up.
+            tracing::warn!(module = %self.module_id, "datagram data dropped: no frame boundary");
+            self.report(Some(format!(
+                "datagram data dropped: no frame boundary within {MAX_FRAME_BYTES} bytes"
+            )));
+            pending.clear();
+            true
+        } else {
+            pending.extend_from_slice(data);
+            false
         }
     }
 }
@@ -358,6 +550,7 @@ mod tests {
             outbound,
             status: crate::state::StatusBus::default().module("mod-t"),
             cancel: cancel.clone(),
+            tls: None,
         };
         let running = tokio::spawn(task.run());
         let mut device = device_rx.recv().await.unwrap();
