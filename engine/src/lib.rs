@@ -149,8 +149,9 @@ impl Drop for ModuleExecutor {
     }
 }
 
-/// What a module is started from: its record, its driver, its settings records (in
-/// creation order, so later ones win).
+/// What a module is started from: its record, its driver, and the settings records that
+/// apply to it, lowest precedence first: the driver's, its system's zones (last zone
+/// first), its system's, its own (each level oldest first).
 struct ModuleConfig {
     module: Module,
     driver: DriverRecord,
@@ -412,6 +413,8 @@ impl Engine {
             Ok(match c.kind {
                 IdKind::Module => vec![c.id.clone()],
                 IdKind::Driver => self.modules_of_driver(&c.tenant_id, &c.id).await?,
+                // Its zones (or their order) may have changed.
+                IdKind::System => self.modules_of_system(&c.tenant_id, &c.id).await?,
                 IdKind::Settings => {
                     let Some((s, _)) = self
                         .store
@@ -424,6 +427,23 @@ impl Engine {
                         Some(IdKind::Module) => vec![s.parent_id],
                         Some(IdKind::Driver) => {
                             self.modules_of_driver(&c.tenant_id, &s.parent_id).await?
+                        }
+                        Some(IdKind::System) => {
+                            self.modules_of_system(&c.tenant_id, &s.parent_id).await?
+                        }
+                        Some(IdKind::Zone) => {
+                            let mut out = Vec::new();
+                            for system in self
+                                .store
+                                .list_all::<ControlSystem>(
+                                    &c.tenant_id,
+                                    ListOptions::by("zone", &s.parent_id),
+                                )
+                                .await?
+                            {
+                                out.extend(self.modules_of_system(&c.tenant_id, &system.id).await?);
+                            }
+                            out
                         }
                         _ => vec![],
                     }
@@ -446,6 +466,17 @@ impl Engine {
         }
     }
 
+    /// Modules whose settings inherit from `system_id` (their `control_system_id`).
+    async fn modules_of_system(&self, tenant_id: &str, system_id: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .list_all::<Module>(tenant_id, ListOptions::by("system", system_id))
+            .await?
+            .into_iter()
+            .map(|m| m.id)
+            .collect())
+    }
+
     async fn modules_of_driver(&self, tenant_id: &str, driver_id: &str) -> Result<Vec<String>> {
         Ok(self
             .store
@@ -463,16 +494,36 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::ModuleNotFound(module_id.to_string()))?;
         let driver: DriverRecord = self.store.require(tenant_id, &module.driver_id).await?;
-        let mut settings = self
-            .store
-            .list_all::<Settings>(tenant_id, ListOptions::by("parent", &module.id))
-            .await?;
-        settings.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        // Lowest precedence first: driver < zones (the system's first zone wins) < system
+        // < module.
+        let mut settings = self.settings_of(tenant_id, &driver.id).await?;
+        if let Some(system_id) = &module.control_system_id
+            && let Some(system) = self
+                .store
+                .get::<ControlSystem>(tenant_id, system_id)
+                .await?
+        {
+            for zone in system.zones.iter().rev() {
+                settings.extend(self.settings_of(tenant_id, zone).await?);
+            }
+            settings.extend(self.settings_of(tenant_id, &system.id).await?);
+        }
+        settings.extend(self.settings_of(tenant_id, &module.id).await?);
         Ok(ModuleConfig {
             module,
             driver,
             settings,
         })
+    }
+
+    /// The settings records of one parent, oldest first (later ones win).
+    async fn settings_of(&self, tenant_id: &str, parent_id: &str) -> Result<Vec<Settings>> {
+        let mut settings = self
+            .store
+            .list_all::<Settings>(tenant_id, ListOptions::by("parent", parent_id))
+            .await?;
+        settings.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(settings)
     }
 
     /// Make one module match its stored config with as little disruption as possible:
@@ -598,7 +649,9 @@ impl Engine {
         Ok(outcome)
     }
 
-    /// Settings, nearest wins: component defaults < driver record < module. Sealed values
+    /// Settings, nearest wins: component defaults < driver record < driver settings < zones
+    /// (in the system's order, first wins) < system < module. Top-level keys replace the
+    /// whole value below them (as in PlaceOS). Sealed values
     /// (every level, `never_display` included) are opened only here, inside the engine.
     fn merged_settings(&self, info: &DriverInfo, cfg: &ModuleConfig) -> Result<ModuleSettings> {
         let mut settings = info.default_settings.clone();

@@ -1450,3 +1450,121 @@ async fn a_refusing_tcp_device_is_reported_and_reconnected() {
     .await;
     f.engine.shutdown().await;
 }
+
+/// Attach plain settings to `parent` (a driver, zone, system or module).
+async fn attach_settings(engine: &Engine, tenant: &str, parent: &str, body: Value) -> Settings {
+    engine
+        .store
+        .create(
+            &Actor::system(),
+            Settings {
+                id: new_id(IdKind::Settings),
+                tenant_id: tenant.into(),
+                parent_id: parent.into(),
+                body: SettingsBody::Plain(body),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Settings inherit, nearest wins: component defaults < driver < zones (in the system's
+/// order, the first zone winning) < system < module; reordering the zones reorders them;
+/// a change at a zone reaches the running module through the change feed and `on-update`
+/// (no restart: its in-memory state is kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_inherit_from_driver_zones_system_and_module() {
+    let f = demo_fixture().await;
+    let m = add_misbehaving(&f).await;
+    let (e, t) = (&f.engine, f.tenant.as_str());
+    let system_actor = Actor::system();
+    let zone = |name: &str| {
+        e.store.create(
+            &system_actor,
+            lintel_model::Zone {
+                id: new_id(IdKind::Zone),
+                tenant_id: t.into(),
+                name: name.into(),
+                ..Default::default()
+            },
+        )
+    };
+    let building = zone("Building").await.unwrap();
+    let level = zone("Level 3").await.unwrap();
+    let mut system: ControlSystem = e.store.require(t, &f.system).await.unwrap();
+    system.zones = vec![level.id.clone(), building.id.clone()];
+    let system = e.store.update(&Actor::system(), system).await.unwrap();
+    let levels = ["driver", "building", "level", "system", "module"];
+    for (i, parent) in [&m.driver_id, &building.id, &level.id, &system.id, &m.id]
+        .into_iter()
+        .enumerate()
+    {
+        // Level i sets keys k0..=k4 from k<i> on: the nearest level that sets a key wins.
+        let body: serde_json::Map<String, Value> = (i..5)
+            .map(|k| (format!("k{k}"), json!(levels[i])))
+            .collect();
+        attach_settings(e, t, parent, Value::Object(body)).await;
+    }
+    let merged = async || {
+        let cfg = e.module_config(t, &m.id).await.unwrap();
+        let (_, info) = e
+            .load_component(t, &cfg.driver.component_hash)
+            .await
+            .unwrap();
+        e.merged_settings(&info, &cfg).unwrap().public
+    };
+    let got = merged().await;
+    for (k, want) in levels.iter().enumerate() {
+        assert_eq!(got[format!("k{k}")], json!(want), "k{k} in {got}");
+    }
+    // The component's own default is below them all.
+    assert_eq!(got["timer_every_ms"], json!(0));
+    // The building listed first now wins over the level.
+    let mut system: ControlSystem = e.store.require(t, &f.system).await.unwrap();
+    system.zones.reverse();
+    e.store.update(&Actor::system(), system).await.unwrap();
+    assert_eq!(merged().await["k2"], json!("building"));
+
+    // Live: a zone setting reaches the running module as `on-update`.
+    let feed = e.store.changes();
+    e.start_all().await.unwrap();
+    let engine = Arc::new(f.engine);
+    let cancel = CancellationToken::new();
+    let follower = {
+        let (engine, cancel) = (engine.clone(), cancel.clone());
+        tokio::spawn(async move { engine.follow_config(feed, cancel).await })
+    };
+    engine
+        .exec(&f.tenant, &m.id, "remember", vec![json!("kept")])
+        .await
+        .unwrap();
+    wait_for(&engine, &f.tenant, &m.id, "remembered", json!("kept")).await;
+    attach_settings(
+        &engine,
+        &f.tenant,
+        &building.id,
+        json!({"timer_every_ms": 20}),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while engine
+        .state_key(&f.tenant, &m.id, "ticks")
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the zone's setting never reached the module"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        engine.state_key(&f.tenant, &m.id, "remembered").unwrap(),
+        Some(json!("kept"))
+    );
+    cancel.cancel();
+    follower.await.unwrap();
+    engine.shutdown().await;
+}
