@@ -60,6 +60,8 @@ pub enum HostEvent {
 pub struct ModuleSettings {
     pub public: Value,
     pub secrets: HashMap<String, Value>,
+    /// The zone its cron timers read in (its system's; UTC if none is set).
+    pub time_zone: chrono_tz::Tz,
 }
 
 impl ModuleSettings {
@@ -76,6 +78,7 @@ impl ModuleSettings {
         ModuleSettings {
             public: merged,
             secrets,
+            time_zone: chrono_tz::UTC,
         }
     }
 }
@@ -213,6 +216,7 @@ impl ModuleActor {
             declared_secrets: self.info.secrets.iter().cloned().collect::<HashSet<_>>(),
             limits: self.limits.clone(),
             log_tap: self.log_tap.clone(),
+            time_zone: settings.time_zone,
         })
     }
 
@@ -565,6 +569,11 @@ impl ModuleActor {
                     .guest_call(inst, run, async |g, s| g.call_on_update(s, &json).await)
                     .await?;
                 if r.is_ok() {
+                    inst.store
+                        .data_mut()
+                        .host
+                        .timers
+                        .set_zone(settings.time_zone);
                     self.settings = settings;
                 } else {
                     let host = &mut inst.store.data_mut().host;

@@ -13,6 +13,8 @@
 //! h.advance(Duration::from_secs(1)); // the poll timer fires in virtual time
 //! ```
 
+/// Time zones for [`HarnessBuilder::time_zone`] (`chrono_tz::Europe::London`).
+pub use chrono_tz;
 use parking_lot::Mutex;
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
@@ -183,6 +185,7 @@ pub struct HarnessBuilder {
     settings: Value,
     limits: SandboxLimits,
     output: OutputLimits,
+    time_zone: chrono_tz::Tz,
 }
 
 impl HarnessBuilder {
@@ -201,6 +204,12 @@ impl HarnessBuilder {
     /// Output limits (status and log rates, command queue depth).
     pub fn output(mut self, output: OutputLimits) -> Self {
         self.output = output;
+        self
+    }
+
+    /// The time zone cron timers read in (a module takes its system's; UTC by default).
+    pub fn time_zone(mut self, zone: chrono_tz::Tz) -> Self {
+        self.time_zone = zone;
         self
     }
 
@@ -224,7 +233,8 @@ impl HarnessBuilder {
                 m.insert(k.clone(), v.clone());
             }
         }
-        let settings = ModuleSettings::split(merged, &info);
+        let mut settings = ModuleSettings::split(merged, &info);
+        settings.time_zone = self.time_zone;
 
         let (now, _) = watch::channel(0u64);
         let clock = Arc::new(VirtualClock {
@@ -345,6 +355,7 @@ impl Harness {
             settings: Value::Object(Default::default()),
             limits: SandboxLimits::default(),
             output: OutputLimits::default(),
+            time_zone: chrono_tz::UTC,
         }
     }
 

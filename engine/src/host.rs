@@ -196,6 +196,8 @@ pub struct HostConfig {
     pub declared_secrets: HashSet<String>,
     pub limits: OutputLimits,
     pub log_tap: Option<LogTap>,
+    /// The zone cron timers read in.
+    pub time_zone: chrono_tz::Tz,
 }
 
 impl ModuleHost {
@@ -209,7 +211,7 @@ impl ModuleHost {
                 unix_ms: 0,
             },
             queue: CommandQueue::new(cfg.limits.queue_depth),
-            timers: Timers::default(),
+            timers: Timers::in_zone(cfg.time_zone),
             status: cfg.status,
             pending_status: Vec::new(),
             pending_index: foldhash::HashMap::default(),
@@ -241,6 +243,7 @@ impl ModuleHost {
             declared_secrets: HashSet::new(),
             limits: OutputLimits::default(),
             log_tap: None,
+            time_zone: chrono_tz::UTC,
         })
     }
 
@@ -626,6 +629,7 @@ mod tests {
                 ..Default::default()
             },
             log_tap: None,
+            time_zone: chrono_tz::UTC,
         });
         h.connected = connected;
         h

@@ -36,7 +36,7 @@ pub use transport::{CONNECTION_ERROR_KEY, InProcessEndpoint, MAX_FRAME_BYTES, Ta
 use actor::{Event, ModuleActor, SystemClock};
 use lintel_model::{
     ControlSystem, DriverRecord, DriverRole, Module, ModuleSlug, SandboxBudget, Settings,
-    SettingsBody,
+    SettingsBody, Zone,
 };
 use lintel_store::{Actor, ListOptions, Store, StoreExt};
 use parking_lot::{Mutex, RwLock};
@@ -156,6 +156,9 @@ struct ModuleConfig {
     module: Module,
     driver: DriverRecord,
     settings: Vec<Settings>,
+    /// IANA name of the zone its cron timers read in: its system's, else the first of the
+    /// system's zones that has one.
+    time_zone: Option<String>,
 }
 
 impl ModuleConfig {
@@ -171,6 +174,9 @@ impl ModuleConfig {
         );
         for s in &self.settings {
             f.push_str(&format!("/{}@{}", s.id, s.version));
+        }
+        if let Some(tz) = &self.time_zone {
+            f.push_str(&format!("/tz={tz}"));
         }
         f
     }
@@ -497,6 +503,7 @@ impl Engine {
         // Lowest precedence first: driver < zones (the system's first zone wins) < system
         // < module.
         let mut settings = self.settings_of(tenant_id, &driver.id).await?;
+        let mut time_zone = None;
         if let Some(system_id) = &module.control_system_id
             && let Some(system) = self
                 .store
@@ -507,12 +514,25 @@ impl Engine {
                 settings.extend(self.settings_of(tenant_id, zone).await?);
             }
             settings.extend(self.settings_of(tenant_id, &system.id).await?);
+            time_zone = system.timezone.clone().filter(|tz| !tz.is_empty());
+            for zone in &system.zones {
+                if time_zone.is_some() {
+                    break;
+                }
+                time_zone = self
+                    .store
+                    .get::<Zone>(tenant_id, zone)
+                    .await?
+                    .and_then(|z| z.timezone)
+                    .filter(|tz| !tz.is_empty());
+            }
         }
         settings.extend(self.settings_of(tenant_id, &module.id).await?);
         Ok(ModuleConfig {
             module,
             driver,
             settings,
+            time_zone,
         })
     }
 
@@ -676,7 +696,18 @@ impl Engine {
                 }
             }
         }
-        Ok(ModuleSettings::split(settings, info))
+        let mut settings = ModuleSettings::split(settings, info);
+        if let Some(tz) = &cfg.time_zone {
+            match tz.parse::<chrono_tz::Tz>() {
+                Ok(tz) => settings.time_zone = tz,
+                Err(_) => tracing::warn!(
+                    module = %cfg.module.id,
+                    time_zone = %tz,
+                    "not an IANA time zone; cron timers read in UTC"
+                ),
+            }
+        }
+        Ok(settings)
     }
 
     /// Bring every module in line with the Store (after a lagging change feed).

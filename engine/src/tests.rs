@@ -1568,3 +1568,77 @@ async fn settings_inherit_from_driver_zones_system_and_module() {
     follower.await.unwrap();
     engine.shutdown().await;
 }
+
+/// A module's cron timers read in its system's time zone, else in that of the first of the
+/// system's zones that has one, else UTC; a change of zone is a change of config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_take_their_time_zone_from_the_system_or_its_zones() {
+    let f = demo_fixture().await;
+    let m = add_misbehaving(&f).await;
+    let (e, t) = (&f.engine, f.tenant.as_str());
+    let time_zone = async || {
+        let cfg = e.module_config(t, &m.id).await.unwrap();
+        let (_, info) = e
+            .load_component(t, &cfg.driver.component_hash)
+            .await
+            .unwrap();
+        let fingerprint = cfg.fingerprint();
+        (
+            e.merged_settings(&info, &cfg).unwrap().time_zone,
+            fingerprint,
+        )
+    };
+    let (utc, before) = time_zone().await;
+    assert_eq!(utc, chrono_tz::UTC);
+    let actor = Actor::system();
+    let mut zones = Vec::new();
+    for (name, tz) in [("Level 3", None), ("Building", Some("Europe/London"))] {
+        let z = e
+            .store
+            .create(
+                &actor,
+                lintel_model::Zone {
+                    id: new_id(IdKind::Zone),
+                    tenant_id: t.into(),
+                    name: name.into(),
+                    timezone: tz.map(String::from),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        zones.push(z.id);
+    }
+    let mut system: ControlSystem = e.store.require(t, &f.system).await.unwrap();
+    system.zones = zones;
+    let system = e.store.update(&actor, system).await.unwrap();
+    let (london, after) = time_zone().await;
+    assert_eq!(london, chrono_tz::Europe::London);
+    assert_ne!(before, after, "a new time zone is a change of config");
+    let mut system = system;
+    system.timezone = Some("Australia/Sydney".into());
+    e.store.update(&actor, system).await.unwrap();
+    assert_eq!(time_zone().await.0, chrono_tz::Australia::Sydney);
+}
+
+/// In the harness's virtual time, a cron timer fires at the wall-clock time of the
+/// module's zone: `0 8 * * *` in New York is 13:00 UTC in January (the virtual clock
+/// starts at 2026-01-01T00:00Z).
+#[test]
+fn the_harness_runs_cron_timers_in_the_chosen_time_zone() {
+    use crate::harness::{Harness, chrono_tz};
+    let hour = Duration::from_secs(3600);
+    for (zone, fires_after_hours) in [(chrono_tz::America::New_York, 13), (chrono_tz::UTC, 8)] {
+        let mut h = Harness::builder(lintel_bundled_drivers::fixtures::MISBEHAVE.component)
+            .time_zone(zone)
+            .start()
+            .unwrap();
+        h.exec("cron", json!(["0 8 * * *"])).unwrap();
+        h.advance(hour * (fires_after_hours - 1));
+        assert_eq!(h.status("cron_fired"), None, "{zone}: fired early");
+        h.advance(hour);
+        assert_eq!(h.status("cron_fired"), Some(json!(1)), "{zone}");
+        h.advance(hour * 24);
+        assert_eq!(h.status("cron_fired"), Some(json!(2)), "{zone}: daily");
+    }
+}

@@ -41,6 +41,8 @@ struct Timer {
 #[derive(Default)]
 pub struct Timers {
     active: HashMap<u32, Timer>,
+    /// The zone cron expressions are read in (the module's system's; UTC by default).
+    zone: chrono_tz::Tz,
 }
 
 fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
@@ -51,10 +53,11 @@ fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
         .map_err(|e| format!("cron `{expr}`: {e}"))
 }
 
-/// Milliseconds from `now` to the next occurrence of `cron` (UTC).
-fn next_cron(cron: &croner::Cron, now: Now) -> Result<u64, String> {
-    use chrono::{TimeZone, Utc};
-    let at = Utc
+/// Milliseconds from `now` to the next occurrence of `cron`, read in time zone `zone`
+/// (`0 8 * * *` is 08:00 there, summer or winter).
+fn next_cron(cron: &croner::Cron, now: Now, zone: chrono_tz::Tz) -> Result<u64, String> {
+    use chrono::TimeZone;
+    let at = zone
         .timestamp_millis_opt(now.unix_ms as i64)
         .single()
         .ok_or("the clock is out of range")?;
@@ -65,6 +68,19 @@ fn next_cron(cron: &croner::Cron, now: Now) -> Result<u64, String> {
 }
 
 impl Timers {
+    /// Timers whose cron expressions are read in `zone`.
+    pub fn in_zone(zone: chrono_tz::Tz) -> Self {
+        Timers {
+            active: HashMap::new(),
+            zone,
+        }
+    }
+
+    /// Read cron expressions in `zone` from their next occurrence on.
+    pub fn set_zone(&mut self, zone: chrono_tz::Tz) {
+        self.zone = zone;
+    }
+
     /// Set (or replace) timer `id`.
     pub fn set(&mut self, id: u32, when: Schedule, now: Now) -> Result<(), String> {
         if !self.active.contains_key(&id) && self.active.len() >= MAX_TIMERS {
@@ -82,7 +98,7 @@ impl Timers {
             ),
             Schedule::Cron(expr) => {
                 let cron = parse_cron(&expr)?;
-                let wait = next_cron(&cron, now)?;
+                let wait = next_cron(&cron, now, self.zone)?;
                 (now.mono_ms + wait, Kind::Cron(Box::new(cron)))
             }
         };
@@ -136,7 +152,7 @@ impl Timers {
                     let behind = now.mono_ms - t.due_ms;
                     t.due_ms += period * (behind / period + 1);
                 }
-                Kind::Cron(cron) => match next_cron(cron, now) {
+                Kind::Cron(cron) => match next_cron(cron, now, self.zone) {
                     Ok(wait) => t.due_ms = now.mono_ms + wait.max(1),
                     Err(_) => {
                         self.active.remove(id);
@@ -192,6 +208,40 @@ mod tests {
             .set(9, Schedule::Cron("99 * * * *".into()), at(0))
             .unwrap_err();
         assert!(e.contains("cron `99 * * * *`"), "{e}");
+    }
+
+    /// Cron reads in the module's time zone, daylight saving included.
+    #[test]
+    fn cron_reads_in_the_time_zone() {
+        const HOUR: u64 = 3_600_000;
+        // 2026-01-01T00:00Z is 19:00 the day before in New York (EST, UTC-5): 08:00 there
+        // is 13 hours on.
+        let mut t = Timers::in_zone(chrono_tz::America::New_York);
+        t.set(1, Schedule::Cron("0 8 * * *".into()), at(0)).unwrap();
+        assert_eq!(t.next_due(), Some(13 * HOUR));
+        // In UTC it is 8 hours on.
+        let mut utc = Timers::default();
+        utc.set(1, Schedule::Cron("0 8 * * *".into()), at(0))
+            .unwrap();
+        assert_eq!(utc.next_due(), Some(8 * HOUR));
+        // From 2026-07-01T00:00Z, London is on summer time (UTC+1): 08:00 there is 07:00Z.
+        let july = Now {
+            mono_ms: 0,
+            unix_ms: 1_782_864_000_000,
+        };
+        let mut t = Timers::in_zone(chrono_tz::Europe::London);
+        t.set(1, Schedule::Cron("0 8 * * *".into()), july).unwrap();
+        assert_eq!(t.next_due(), Some(7 * HOUR));
+        // A zone change applies from the next occurrence on.
+        t.set_zone(chrono_tz::UTC);
+        assert_eq!(
+            t.take_due(Now {
+                mono_ms: 7 * HOUR,
+                unix_ms: july.unix_ms + 7 * HOUR
+            }),
+            vec![1]
+        );
+        assert_eq!(t.next_due(), Some(8 * HOUR));
     }
 
     #[test]

@@ -63,6 +63,21 @@ fn require_name(field: &'static str, value: &str) -> Result<(), ValidationError>
     bounded(field, value, MAX_NAME)
 }
 
+/// An IANA time zone name (`Europe/London`); the engine reads cron timers in it. Empty
+/// means none (as PlaceOS clients send it).
+fn require_time_zone(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    bounded(field, value, MAX_NAME)?;
+    value.parse::<chrono_tz::Tz>().map(drop).map_err(|_| {
+        ValidationError::new(
+            field,
+            format!("`{value}` is not an IANA time zone (such as `Europe/London`)"),
+        )
+    })
+}
+
 fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), ValidationError> {
     if value.len() > max {
         return Err(ValidationError::new(
@@ -315,14 +330,13 @@ record_common!(
                 ));
             }
         }
-        for (field, v) in [
-            ("code", &self.code),
-            ("location", &self.location),
-            ("timezone", &self.timezone),
-        ] {
+        for (field, v) in [("code", &self.code), ("location", &self.location)] {
             if let Some(v) = v {
                 bounded(field, v, MAX_NAME)?;
             }
+        }
+        if let Some(tz) = &self.timezone {
+            require_time_zone("timezone", tz)?;
         }
         Ok(())
     },
@@ -385,7 +399,7 @@ record_common!(
         }
         require_tags("features", &self.features)?;
         if let Some(tz) = &self.timezone {
-            require_name("timezone", tz)?;
+            require_time_zone("timezone", tz)?;
         }
         if let Some(u) = &self.support_url {
             bounded("support_url", u, 2048)?;
@@ -1364,6 +1378,35 @@ mod tests {
             created_at: now_unix(),
             updated_at: now_unix(),
             ..Default::default()
+        }
+    }
+
+    /// Time zones are IANA names; anything else is refused naming the field.
+    #[test]
+    fn time_zones_must_be_iana_names() {
+        let system = |tz: &str| ControlSystem {
+            id: new_id(IdKind::System),
+            tenant_id: new_id(IdKind::Tenant),
+            name: "Room".into(),
+            timezone: Some(tz.into()),
+            ..Default::default()
+        };
+        let zone = |tz: &str| Zone {
+            id: new_id(IdKind::Zone),
+            tenant_id: new_id(IdKind::Tenant),
+            name: "Level 3".into(),
+            timezone: Some(tz.into()),
+            ..Default::default()
+        };
+        for tz in ["Europe/London", "Australia/Sydney", "UTC", ""] {
+            assert_eq!(system(tz).validate(), Ok(()), "{tz}");
+            assert_eq!(zone(tz).validate(), Ok(()), "{tz}");
+        }
+        for tz in ["Mars/Olympus", "+05:00", " Europe/London"] {
+            let e = system(tz).validate().unwrap_err();
+            assert_eq!(e.field, "timezone", "{tz}");
+            assert!(e.to_string().contains("IANA time zone"), "{e}");
+            assert_eq!(zone(tz).validate().unwrap_err().field, "timezone");
         }
     }
 
