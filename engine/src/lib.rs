@@ -785,10 +785,13 @@ impl Engine {
         let mut base_uri = None;
         let outbound = match info.transport {
             TransportKind::None => None,
-            TransportKind::Tcp | TransportKind::Tls | TransportKind::Udp => {
+            TransportKind::Tcp
+            | TransportKind::Tls
+            | TransportKind::Udp
+            | TransportKind::Websocket => {
                 let uri = endpoint
                     .as_deref()
-                    .ok_or_else(|| need("tcp://, tls:// or udp://host:port"))?;
+                    .ok_or_else(|| need("tcp://, tls://, udp://host:port or ws(s)://"))?;
                 // The module's address picks the transport, as PlaceOS's `tls` and `udp`
                 // module flags do; a driver that declares TLS upgrades `tcp://` to it.
                 let target = match (Target::parse(uri), &info.transport) {
@@ -801,7 +804,7 @@ impl Engine {
                     }
                 };
                 let tls = match target {
-                    Target::Tls { .. } => Some(
+                    Target::Tls { .. } | Target::WebSocket { secure: true, .. } => Some(
                         tls::TlsClient::from_settings(&settings.public).map_err(|e| {
                             EngineError::Internal(format!("module {}: {e}", module.id))
                         })?,

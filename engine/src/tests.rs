@@ -1642,3 +1642,112 @@ fn the_harness_runs_cron_timers_in_the_chosen_time_zone() {
         assert_eq!(h.status("cron_fired"), Some(json!(2)), "{zone}: daily");
     }
 }
+
+/// WebSocket devices: each message is one `received`; the driver's sends go out as text;
+/// a message over the frame limit is reported (`connection_error`) and the module
+/// reconnects; a server that goes away and comes back is reconnected to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_devices_exchange_messages_within_limits() {
+    use futures_util::{SinkExt, StreamExt};
+    use lintel_bundled_drivers::fixtures::VERSIONED_V1;
+    use tokio_tungstenite::tungstenite::Message;
+    let f = demo_fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (paths_tx, paths) = flume::unbounded::<String>();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let paths_tx = paths_tx.clone();
+            tokio::spawn(async move {
+                let record = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                              resp| {
+                    let _ = paths_tx.send(req.uri().to_string());
+                    Ok(resp)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, record).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    let Message::Text(text) = msg else { continue };
+                    let text = text.trim_end().to_string();
+                    let reply = if text == "big" {
+                        "x".repeat(MAX_FRAME_BYTES + 1)
+                    } else {
+                        format!("echo {text}")
+                    };
+                    if ws.send(Message::text(reply)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let m = add_module(
+        &f.engine,
+        &f.tenant,
+        &f.system,
+        VERSIONED_V1.component,
+        Some(&format!("ws://{addr}/api/device?room=3")),
+        json!({}),
+    )
+    .await;
+    f.engine.start_all().await.unwrap();
+    wait_for(&f.engine, &f.tenant, &m.id, "connected", json!(true)).await;
+    assert_eq!(paths.recv_async().await.unwrap(), "/api/device?room=3");
+    // The greeting the driver sends on connect, echoed as one message.
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        "last_line",
+        json!("echo HELLO v1"),
+    )
+    .await;
+    f.exec(&m.id, "say", vec![json!("over ws")]).await.unwrap();
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        "last_line",
+        json!("echo over ws"),
+    )
+    .await;
+
+    // Over the limit: reported, the connection dropped and made again.
+    f.exec(&m.id, "say", vec![json!("big")]).await.unwrap();
+    let why = wait_for_text(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        CONNECTION_ERROR_KEY,
+        "WebSocket error",
+    )
+    .await;
+    assert!(why.contains("too long") || why.contains("too big"), "{why}");
+    assert_eq!(
+        paths.recv_async().await.unwrap(),
+        "/api/device?room=3",
+        "reconnected"
+    );
+    wait_for(&f.engine, &f.tenant, &m.id, "connected", json!(true)).await;
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        CONNECTION_ERROR_KEY,
+        Value::Null,
+    )
+    .await;
+    f.exec(&m.id, "say", vec![json!("still here")])
+        .await
+        .unwrap();
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        "last_line",
+        json!("echo still here"),
+    )
+    .await;
+    f.engine.shutdown().await;
+}

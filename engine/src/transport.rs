@@ -68,9 +68,25 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 /// Where a module's device is, parsed from its `uri`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Tcp { host: String, port: u16 },
-    Tls { host: String, port: u16 },
-    Udp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    Tls {
+        host: String,
+        port: u16,
+    },
+    Udp {
+        host: String,
+        port: u16,
+    },
+    /// A WebSocket server: `ws://` or (`secure`) `wss://host[:port]/path?query`.
+    WebSocket {
+        host: String,
+        port: u16,
+        secure: bool,
+        url: String,
+    },
     InProcess(String),
 }
 
@@ -83,8 +99,46 @@ impl Target {
             return Ok(Target::InProcess(name.to_string()));
         }
         let (scheme, rest) = uri.split_once("://").ok_or_else(|| {
-            format!("unsupported uri `{uri}` (expected tcp://, tls:// or udp://host:port)")
+            format!(
+                "unsupported uri `{uri}` (expected tcp://, tls://, udp://host:port or ws(s)://)"
+            )
         })?;
+        if scheme == "ws" || scheme == "wss" {
+            let parsed: tokio_tungstenite::tungstenite::http::Uri = uri
+                .parse()
+                .map_err(|e| format!("uri `{uri}` is not a valid URL: {e}"))?;
+            if parsed.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(format!("uri `{uri}` must not carry credentials"));
+            }
+            let host = parsed
+                .host()
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| format!("uri `{uri}` has no host"))?;
+            let secure = scheme == "wss";
+            let authority = parsed.authority().map_or("", |a| a.as_str());
+            let port_text = match authority.strip_prefix('[') {
+                Some(v6) => v6.split_once("]:").map(|(_, p)| p),
+                None => authority.rsplit_once(':').map(|(_, p)| p),
+            };
+            let port = match port_text {
+                Some(p) => p
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or_else(|| format!("uri `{uri}` has an invalid port"))?,
+                None if secure => 443,
+                None => 80,
+            };
+            return Ok(Target::WebSocket {
+                host: host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+                port,
+                secure,
+                url: uri.to_string(),
+            });
+        }
         let rest = rest.trim_end_matches('/');
         let (host, port) = rest
             .rsplit_once(':')
@@ -107,16 +161,19 @@ impl Target {
             "tls" => Ok(Target::Tls { host, port }),
             "udp" => Ok(Target::Udp { host, port }),
             _ => Err(format!(
-                "unsupported uri `{uri}` (expected tcp://, tls:// or udp://host:port)"
+                "unsupported uri `{uri}` (expected tcp://, tls://, udp://host:port or ws(s)://)"
             )),
         }
     }
 }
 
+type WebSocket = tokio_tungstenite::WebSocketStream<Box<dyn Stream>>;
+
 /// A live connection to a device.
 enum Conn {
     Stream(Box<dyn Stream>),
     Datagram(tokio::net::UdpSocket),
+    Messages(Box<WebSocket>),
 }
 
 async fn connect(
@@ -147,16 +204,34 @@ async fn connect(
         Target::Tcp { host, port } => Ok(Conn::Stream(Box::new(tcp(host, *port).await?))),
         Target::Tls { host, port } => {
             let tls = tls.ok_or("no TLS configuration for a tls:// address")?;
-            let name = tls.name_for(host)?;
+            Ok(Conn::Stream(
+                tls_over(tls, host, *port, tcp(host, *port).await?).await?,
+            ))
+        }
+        Target::WebSocket {
+            host,
+            port,
+            secure,
+            url,
+        } => {
             let s = tcp(host, *port).await?;
-            if tls.unverified {
-                tracing::warn!(%host, port, "TLS certificate not verified (setting tls.verify is false)");
-            }
-            let s = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(name, s))
-                .await
-                .map_err(|_| format!("TLS handshake with {host}:{port} timed out"))?
-                .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
-            Ok(Conn::Stream(Box::new(s)))
+            let stream: Box<dyn Stream> = if *secure {
+                let tls = tls.ok_or("no TLS configuration for a wss:// address")?;
+                tls_over(tls, host, *port, s).await?
+            } else {
+                Box::new(s)
+            };
+            let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                .max_message_size(Some(MAX_FRAME_BYTES))
+                .max_frame_size(Some(MAX_FRAME_BYTES));
+            let (ws, _) = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
+            )
+            .await
+            .map_err(|_| format!("WebSocket handshake with {url} timed out"))?
+            .map_err(|e| format!("WebSocket handshake with {url}: {e}"))?;
+            Ok(Conn::Messages(Box::new(ws)))
         }
         Target::Udp { host, port } => {
             let addr = tokio::time::timeout(
@@ -184,6 +259,24 @@ async fn connect(
             Ok(Conn::Datagram(socket))
         }
     }
+}
+
+/// A TLS session over `tcp` to `host`, checked as the module's `tls` settings say.
+async fn tls_over(
+    tls: &TlsClient,
+    host: &str,
+    port: u16,
+    tcp: tokio::net::TcpStream,
+) -> Result<Box<dyn Stream>, String> {
+    let name = tls.name_for(host)?;
+    if tls.unverified {
+        tracing::warn!(%host, port, "TLS certificate not verified (setting tls.verify is false)");
+    }
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, tls.connector.connect(name, tcp))
+        .await
+        .map_err(|_| format!("TLS handshake with {host}:{port} timed out"))?
+        .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?;
+    Ok(Box::new(s))
 }
 
 /// Cuts a byte stream into frames, refusing any frame over `max`.
@@ -290,6 +383,7 @@ impl TransportTask {
                     match conn {
                         Conn::Stream(stream) => self.session(stream).await,
                         Conn::Datagram(socket) => self.datagrams(socket).await,
+                        Conn::Messages(ws) => self.messages(*ws).await,
                     }
                     // PlaceOS semantics: commands queued for a lost connection are dropped
                     // (the actor clears its command queue on `Disconnected`).
@@ -486,6 +580,86 @@ impl TransportTask {
         }
     }
 
+    /// A WebSocket: each text or binary message is one frame; the driver's sends go out
+    /// as text when they are UTF-8, else as binary. Pings are answered; a close ends it.
+    async fn messages(&mut self, ws: WebSocket) {
+        use tokio_tungstenite::tungstenite::Message;
+        let frames_total = metrics::counter!("lintel_transport_frames_total");
+        let writes_total = metrics::counter!("lintel_transport_writes_total");
+        let (mut sink, mut stream) = ws.split();
+        while self.outbound.try_recv().is_ok() {}
+        if self.events.send_async(Event::Connected).await.is_err() {
+            return;
+        }
+        let data = |m: Message| match m {
+            Message::Text(t) => Some(t.as_bytes().to_vec()),
+            Message::Binary(b) => Some(b.to_vec()),
+            _ => None,
+        };
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => {
+                    let _ = futures_util::SinkExt::close(&mut sink).await;
+                    return;
+                }
+                msg = stream.next() => {
+                    let first = match msg {
+                        Some(Ok(Message::Close(frame))) => {
+                            let why = frame.map(|f| format!("{} {}", f.code, f.reason)).unwrap_or_default();
+                            tracing::info!(module = %self.module_id, close = %why, "device closed the WebSocket");
+                            return;
+                        }
+                        Some(Ok(m)) => match data(m) {
+                            Some(d) => d,
+                            None => continue, // ping/pong: tungstenite answers pings
+                        },
+                        Some(Err(e)) => {
+                            tracing::warn!(module = %self.module_id, error = %e, "WebSocket error; reconnecting");
+                            self.report(Some(format!("WebSocket error: {e}")));
+                            return;
+                        }
+                        None => return,
+                    };
+                    let mut bytes = first.len();
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+                        match stream.next().now_or_never() {
+                            Some(Some(Ok(m))) => {
+                                if let Some(d) = data(m) {
+                                    bytes += d.len();
+                                    batch.push(d);
+                                }
+                            }
+                            _ => break,
+                        }
+                    }
+                    frames_total.increment(batch.len() as u64);
+                    if self.events.send_async(Event::Received(batch)).await.is_err() {
+                        return;
+                    }
+                },
+                out = self.outbound.recv() => match out {
+                    Some(Outbound::Write(bytes)) => {
+                        writes_total.increment(1);
+                        let msg = match String::from_utf8(bytes) {
+                            Ok(text) => Message::text(text),
+                            Err(e) => Message::binary(e.into_bytes()),
+                        };
+                        if let Err(e) = futures_util::SinkExt::send(&mut sink, msg).await {
+                            tracing::warn!(module = %self.module_id, error = %e, "WebSocket send failed; reconnecting");
+                            self.report(Some(format!("WebSocket send failed: {e}")));
+                            return;
+                        }
+                    }
+                    Some(Outbound::Disconnect) | None => {
+                        let _ = futures_util::SinkExt::close(&mut sink).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
     /// Add one datagram to the bytes waiting to be framed; an over-long one is dropped
     /// (and reported: returns true).
     fn take_datagram(&self, data: &[u8], pending: &mut BytesMut) -> bool {
@@ -660,13 +834,51 @@ mod tests {
             Target::parse("sim://display-1").unwrap(),
             Target::InProcess("display-1".into())
         );
+        assert_eq!(
+            Target::parse("tls://panel.local:443").unwrap(),
+            Target::Tls {
+                host: "panel.local".into(),
+                port: 443
+            }
+        );
+        assert_eq!(
+            Target::parse("udp://10.0.0.9:1719").unwrap(),
+            Target::Udp {
+                host: "10.0.0.9".into(),
+                port: 1719
+            }
+        );
+        assert_eq!(
+            Target::parse("wss://hub.example/api/ws?x=1").unwrap(),
+            Target::WebSocket {
+                host: "hub.example".into(),
+                port: 443,
+                secure: true,
+                url: "wss://hub.example/api/ws?x=1".into()
+            }
+        );
+        assert_eq!(
+            Target::parse("ws://[::1]:8080/").unwrap(),
+            Target::WebSocket {
+                host: "::1".into(),
+                port: 8080,
+                secure: false,
+                url: "ws://[::1]:8080/".into()
+            }
+        );
         for bad in [
             "http://x:1",
             "tcp://host",
             "tcp://host:0",
             "tcp://:80",
             "tcp://h:99999",
+            "tcp://user@h:23",
+            "tcp://h:23/path",
             "sim://",
+            "ws://",
+            "ws://user:pw@h/",
+            "wss://h:notaport/",
+            "gopher://h:70",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
