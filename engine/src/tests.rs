@@ -1659,6 +1659,8 @@ async fn websocket_devices_exchange_messages_within_limits() {
         while let Ok((tcp, _)) = listener.accept().await {
             let paths_tx = paths_tx.clone();
             tokio::spawn(async move {
+                // tungstenite's callback type fixes the (large) error type.
+                #[allow(clippy::result_large_err)]
                 let record = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
                               resp| {
                     let _ = paths_tx.send(req.uri().to_string());
