@@ -86,6 +86,9 @@ impl ModuleSettings {
 pub(crate) enum Event {
     Connected,
     Disconnected,
+    /// A make-break connection closed after a quiet spell: like `Disconnected`, but the
+    /// device is not reported offline (the next send connects again).
+    Idle,
     /// Frames from the device, in order (those already read, batched by the transport).
     Received(Vec<Vec<u8>>),
     Exec {
@@ -189,6 +192,9 @@ pub(crate) struct ModuleActor {
     pub last_error: Arc<Mutex<Option<String>>>,
     pub log_tap: Option<LogTap>,
     pub cancel: CancellationToken,
+    /// Make-break: the transport connects when a command is sent, so sends are accepted
+    /// while disconnected.
+    pub makebreak: bool,
 }
 
 /// Why a guest call did not return normally: the instance is no longer usable.
@@ -217,6 +223,7 @@ impl ModuleActor {
             limits: self.limits.clone(),
             log_tap: self.log_tap.clone(),
             time_zone: settings.time_zone,
+            makebreak: self.makebreak,
         })
     }
 
@@ -369,6 +376,7 @@ impl ModuleActor {
                     run.connected = matches!(ev, Event::Connected);
                     self.status.set("connected", Value::Bool(run.connected));
                 }
+                Event::Idle => run.connected = false,
                 _ => {}
             }
             let Some(inst) = instance.as_mut() else {
@@ -484,7 +492,7 @@ impl ModuleActor {
                 self.guest_call(inst, run, async |g, s| g.call_connected(s).await)
                     .await
             }
-            Event::Disconnected => {
+            Event::Disconnected | Event::Idle => {
                 let mut out = Vec::new();
                 inst.store
                     .data_mut()

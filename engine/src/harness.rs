@@ -268,6 +268,7 @@ impl HarnessBuilder {
             last_error: last_error.clone(),
             log_tap: Some(log_tx),
             cancel: cancel.clone(),
+            makebreak: false,
         };
         let task = rt.spawn(actor.run());
         let mut h = Harness {

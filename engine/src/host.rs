@@ -160,6 +160,7 @@ pub struct ModuleHost {
     pub(crate) now: Now,
     pub(crate) queue: CommandQueue,
     pub(crate) timers: Timers,
+    makebreak: bool,
     pub(crate) status: Option<ModuleStatus>,
     /// Status set during this call, coalesced per key, published after it.
     pending_status: Vec<(String, Value)>,
@@ -198,6 +199,8 @@ pub struct HostConfig {
     pub log_tap: Option<LogTap>,
     /// The zone cron timers read in.
     pub time_zone: chrono_tz::Tz,
+    /// Make-break transport: sends are queued while disconnected (they connect it).
+    pub makebreak: bool,
 }
 
 impl ModuleHost {
@@ -212,6 +215,7 @@ impl ModuleHost {
             },
             queue: CommandQueue::new(cfg.limits.queue_depth),
             timers: Timers::in_zone(cfg.time_zone),
+            makebreak: cfg.makebreak,
             status: cfg.status,
             pending_status: Vec::new(),
             pending_index: foldhash::HashMap::default(),
@@ -244,6 +248,7 @@ impl ModuleHost {
             limits: OutputLimits::default(),
             log_tap: None,
             time_zone: chrono_tz::UTC,
+            makebreak: false,
         })
     }
 
@@ -391,7 +396,7 @@ impl bindings::lintel::driver::host::Host for ModuleHost {
                 data.len()
             ));
         }
-        if !self.connected {
+        if !self.connected && !self.makebreak {
             return Err("not connected".into());
         }
         let opts = SendOptions {
@@ -630,6 +635,7 @@ mod tests {
             },
             log_tap: None,
             time_zone: chrono_tz::UTC,
+            makebreak: false,
         });
         h.connected = connected;
         h

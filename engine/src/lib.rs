@@ -783,6 +783,7 @@ impl Engine {
             EngineError::Internal(format!("module {} needs a device uri ({what})", module.id))
         };
         let mut base_uri = None;
+        let mut makebreak = false;
         let outbound = match info.transport {
             TransportKind::None => None,
             TransportKind::Tcp
@@ -811,6 +812,12 @@ impl Engine {
                     ),
                     _ => None,
                 };
+                // Make-break applies to byte streams (as in PlaceOS).
+                makebreak = module.makebreak
+                    && matches!(
+                        target,
+                        Target::Tcp { .. } | Target::Tls { .. } | Target::InProcess(_)
+                    );
                 let (tx, rx) = mpsc::channel(self.cfg.output.queue_depth.max(1));
                 let task = transport::TransportTask {
                     module_id: module_id.clone(),
@@ -822,6 +829,7 @@ impl Engine {
                     status: status.clone(),
                     cancel: cancel.clone(),
                     tls,
+                    makebreak: makebreak.then(|| makebreak_idle(&settings.public)),
                 };
                 // Beside the module actors: a frame reaches its actor without a thread
                 // switch.
@@ -868,6 +876,7 @@ impl Engine {
             last_error: last_error.clone(),
             log_tap: None,
             cancel: cancel.clone(),
+            makebreak,
         };
         let task = self.executor.handle().spawn(actor.run());
         self.router.modules.write().insert(
@@ -1104,6 +1113,17 @@ pub(crate) fn check_arguments(f: &FunctionInfo, args: &[Value]) -> Result<()> {
             .map_err(|e| bad(format!("parameter `{}`: {e}", p.name)))?;
     }
     Ok(())
+}
+
+/// How long a make-break connection stays open without traffic: the module's
+/// `makebreak_idle_ms` setting (at least 100 ms), else 10 s.
+fn makebreak_idle(settings: &Value) -> Duration {
+    let ms = settings
+        .get("makebreak_idle_ms")
+        .and_then(Value::as_u64)
+        .unwrap_or(10_000)
+        .max(100);
+    Duration::from_millis(ms)
 }
 
 /// Kernel memory mappings a running module takes (its linear memory, copy-on-write image

@@ -1753,3 +1753,82 @@ async fn websocket_devices_exchange_messages_within_limits() {
     .await;
     f.engine.shutdown().await;
 }
+
+/// Make-break (PlaceOS `makebreak`): the module connects at start, closes the connection
+/// after a quiet spell without reporting the device offline, and connects again for the
+/// next command (which is written first); a device that is gone by then is reported
+/// offline and the command fails, and the module stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_break_connects_per_command_and_closes_when_quiet() {
+    use lintel_bundled_drivers::fixtures::VERSIONED_V1;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let f = demo_fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // (connection number, line) for every line, and (connection number, "EOF").
+    let (seen_tx, seen) = flume::unbounded::<(usize, String)>();
+    let device = tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((stream, _)) = listener.accept().await {
+            n += 1;
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let _ = w.write_all(format!("echo {line}\n").as_bytes()).await;
+                    let _ = seen_tx.send((n, line));
+                }
+                let _ = seen_tx.send((n, "EOF".into()));
+            });
+        }
+    });
+    let m = {
+        let mut module = add_module(
+            &f.engine,
+            &f.tenant,
+            &f.system,
+            VERSIONED_V1.component,
+            Some(&format!("tcp://{addr}")),
+            json!({"makebreak_idle_ms": 300}),
+        )
+        .await;
+        module.makebreak = true;
+        f.engine
+            .store
+            .update(&Actor::system(), module)
+            .await
+            .unwrap()
+    };
+    f.engine.start_all().await.unwrap();
+    let next = async || {
+        tokio::time::timeout(Duration::from_secs(10), seen.recv_async())
+            .await
+            .expect("the device heard nothing")
+            .unwrap()
+    };
+    // Connected at start: the driver's greeting, then quiet → closed by the engine.
+    assert_eq!(next().await, (1, "HELLO v1".to_string()));
+    assert_eq!(next().await, (1, "EOF".to_string()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        f.engine.state_key(&f.tenant, &m.id, "connected").unwrap(),
+        Some(json!(true)),
+        "closing a quiet make-break connection is not going offline"
+    );
+    // A command opens connection 2 and is written first.
+    f.exec(&m.id, "say", vec![json!("again")]).await.unwrap();
+    assert_eq!(next().await, (2, "again".to_string()));
+    assert_eq!(next().await, (2, "HELLO v1".to_string()));
+    assert_eq!(next().await, (2, "EOF".to_string()));
+    // The device goes away: the next command cannot connect.
+    device.abort();
+    let _ = device.await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    f.exec(&m.id, "say", vec![json!("anyone?")]).await.unwrap();
+    wait_for(&f.engine, &f.tenant, &m.id, "connected", json!(false)).await;
+    let why = wait_for_text(&f.engine, &f.tenant, &m.id, CONNECTION_ERROR_KEY, "refused").await;
+    assert!(why.contains(&addr.port().to_string()), "{why}");
+    assert_eq!(f.exec(&m.id, "version", vec![]).await.unwrap(), json!(1));
+    f.engine.shutdown().await;
+}

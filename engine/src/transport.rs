@@ -364,13 +364,29 @@ pub(crate) struct TransportTask {
     pub cancel: CancellationToken,
     /// For `tls://` targets (from the module's `tls` settings).
     pub tls: Option<TlsClient>,
+    /// Make-break (PlaceOS `makebreak`): the connection closes after this long without
+    /// traffic, or when the device closes it, and opens again when the driver sends.
+    pub makebreak: Option<Duration>,
 }
 
 impl TransportTask {
     pub async fn run(mut self) {
         let mut backoff = BACKOFF_MIN;
         self.status.set("connected", serde_json::Value::Bool(false));
+        // Make-break, between connections: the write that opens the next one.
+        let mut idle = false;
+        let mut first_write = None;
         loop {
+            if idle {
+                tokio::select! {
+                    _ = self.cancel.cancelled() => return,
+                    out = self.outbound.recv() => match out {
+                        Some(Outbound::Write(bytes)) => first_write = Some(bytes),
+                        Some(Outbound::Disconnect) => continue,
+                        None => return,
+                    },
+                }
+            }
             let attempt = tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 r = connect(&self.target, &self.endpoints, self.tls.as_ref()) => r,
@@ -378,24 +394,46 @@ impl TransportTask {
             match attempt {
                 Ok(conn) => {
                     backoff = BACKOFF_MIN;
-                    tracing::info!(module = %self.module_id, "device connected");
+                    if self.makebreak.is_some() {
+                        tracing::debug!(module = %self.module_id, "device connected");
+                    } else {
+                        tracing::info!(module = %self.module_id, "device connected");
+                    }
                     self.report(None);
                     match conn {
-                        Conn::Stream(stream) => self.session(stream).await,
+                        Conn::Stream(stream) => self.session(stream, first_write.take()).await,
                         Conn::Datagram(socket) => self.datagrams(socket).await,
                         Conn::Messages(ws) => self.messages(*ws).await,
+                    }
+                    if self.cancel.is_cancelled() {
+                        return;
+                    }
+                    if self.makebreak.is_some() {
+                        // Closed between commands: not offline, the next send reconnects.
+                        idle = true;
+                        if self.events.send_async(Event::Idle).await.is_err() {
+                            return;
+                        }
+                        continue;
                     }
                     // PlaceOS semantics: commands queued for a lost connection are dropped
                     // (the actor clears its command queue on `Disconnected`).
                     while self.outbound.try_recv().is_ok() {}
-                    if self.cancel.is_cancelled() {
-                        return;
-                    }
                     let _ = self.events.send_async(Event::Disconnected).await;
                 }
                 Err(e) => {
                     tracing::warn!(module = %self.module_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "device unreachable");
                     self.report(Some(e));
+                    if self.makebreak.is_some() {
+                        // Offline: what is queued fails; the next send tries again.
+                        idle = true;
+                        first_write = None;
+                        while self.outbound.try_recv().is_ok() {}
+                        if self.events.send_async(Event::Disconnected).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                 }
             }
             let jitter = rand::random::<f64>() * 0.3 + 0.85;
@@ -408,7 +446,9 @@ impl TransportTask {
         }
     }
 
-    async fn session(&mut self, stream: Box<dyn Stream>) {
+    /// A byte stream until it ends; with make-break, also until `makebreak` passes without
+    /// traffic. `first_write` is the write that opened a make-break connection.
+    async fn session(&mut self, stream: Box<dyn Stream>, first_write: Option<Vec<u8>>) {
         let (reader, mut writer) = tokio::io::split(stream);
         let mut frames = FramedRead::new(
             reader,
@@ -416,14 +456,33 @@ impl TransportTask {
         );
         let frames_total = metrics::counter!("lintel_transport_frames_total");
         let writes_total = metrics::counter!("lintel_transport_writes_total");
-        while self.outbound.try_recv().is_ok() {}
+        if self.makebreak.is_none() {
+            // Stale writes for an earlier connection (make-break's are for this one).
+            while self.outbound.try_recv().is_ok() {}
+        }
         if self.events.send_async(Event::Connected).await.is_err() {
             return;
         }
+        if let Some(bytes) = first_write {
+            writes_total.increment(1);
+            if let Err(e) = writer.write_all(&bytes).await {
+                tracing::warn!(module = %self.module_id, error = %e, "write to device failed");
+                return;
+            }
+        }
+        // Only polled with make-break.
+        let mut quiet = std::pin::pin!(tokio::time::sleep(self.makebreak.unwrap_or(BACKOFF_MAX)));
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
+                _ = &mut quiet, if self.makebreak.is_some() => {
+                    tracing::debug!(module = %self.module_id, "make-break: closing a quiet connection");
+                    return;
+                }
                 frame = frames.next() => {
+                    if let Some(d) = self.makebreak {
+                        quiet.as_mut().reset(tokio::time::Instant::now() + d);
+                    }
                     let first = match frame {
                         Some(Ok(data)) => data,
                         end => return self.ended(end),
@@ -457,6 +516,9 @@ impl TransportTask {
                 out = self.outbound.recv() => match out {
                     Some(Outbound::Write(bytes)) => {
                         writes_total.increment(1);
+                        if let Some(d) = self.makebreak {
+                            quiet.as_mut().reset(tokio::time::Instant::now() + d);
+                        }
                         if let Err(e) = writer.write_all(&bytes).await {
                             tracing::warn!(module = %self.module_id, error = %e, "write to device failed; reconnecting");
                             return;
@@ -725,6 +787,7 @@ mod tests {
             status: crate::state::StatusBus::default().module("mod-t"),
             cancel: cancel.clone(),
             tls: None,
+            makebreak: None,
         };
         let running = tokio::spawn(task.run());
         let mut device = device_rx.recv().await.unwrap();
