@@ -10,9 +10,9 @@
 //! Run: `cargo bench -p lintel-engine --bench sandbox [-- p3|p4]`. With
 //! `LINTEL_BENCH_SMAPS=<dir>`, each P4 case leaves its memory map there.
 
-use lintel_engine::{DriverInfo, Engine, EngineConfig};
-use lintel_model::{ControlSystem, DriverRole, IdKind, Module, Tenant, new_id};
-use lintel_store::{Actor, EmbeddedStore, ErasedRecord, Store, StoreExt};
+use lintel_engine::EngineConfig;
+use lintel_model::Module;
+use lintel_store::{Actor, ErasedRecord, StoreExt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,7 +24,8 @@ const P3_ROUNDS: usize = 3;
 /// The in-process duplex buffer between device and engine.
 const DUPLEX_BYTES: usize = 64 * 1024;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+mod common;
+use common::{BoxError, bed, install, module};
 
 /// The bare-wasmtime baseline: the driver world with a host that does nothing.
 mod bare {
@@ -131,81 +132,6 @@ async fn baseline_events_per_s(component: &[u8], n: usize) -> Result<f64, BoxErr
         guest.call_received(&mut store, line, None).await?;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
-}
-
-/// A fresh engine over a fresh embedded store, with one tenant and one system.
-struct Bed {
-    engine: Engine,
-    store: Arc<dyn Store>,
-    tenant: String,
-    system: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn bed(configure: impl FnOnce(&mut EngineConfig)) -> Result<Bed, BoxError> {
-    let dir = tempfile::tempdir()?;
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path())?);
-    let mut cfg = EngineConfig::new(dir.path().to_path_buf());
-    configure(&mut cfg);
-    let engine = Engine::new(cfg, store.clone())?;
-    let actor = Actor::system();
-    let tenant = store
-        .create(
-            &actor,
-            Tenant {
-                id: new_id(IdKind::Tenant),
-                name: "Bench".into(),
-                domain: "bench.example".into(),
-                ..Default::default()
-            },
-        )
-        .await?;
-    let system = store
-        .create(
-            &actor,
-            ControlSystem {
-                id: new_id(IdKind::System),
-                tenant_id: tenant.id.clone(),
-                name: "Bench room".into(),
-                capacity: 1,
-                ..Default::default()
-            },
-        )
-        .await?;
-    Ok(Bed {
-        engine,
-        store,
-        tenant: tenant.id,
-        system: system.id,
-        _dir: dir,
-    })
-}
-
-/// Install `component` (compiling it into the engine's cache) and store its driver record.
-async fn install(bed: &Bed, component: &[u8]) -> Result<String, BoxError> {
-    let (hash, info): (String, Arc<DriverInfo>) = bed
-        .engine
-        .install_component(&bed.tenant, component.to_vec())
-        .await?;
-    let driver = bed
-        .store
-        .create(
-            &Actor::system(),
-            info.to_record(&bed.tenant, hash, DriverRole::Device),
-        )
-        .await?;
-    Ok(driver.id)
-}
-
-fn module(bed: &Bed, driver_id: &str, uri: Option<&str>) -> Module {
-    Module {
-        id: new_id(IdKind::Module),
-        tenant_id: bed.tenant.clone(),
-        driver_id: driver_id.to_string(),
-        control_system_id: Some(bed.system.clone()),
-        uri: uri.map(String::from),
-        ..Default::default()
-    }
 }
 
 /// P3 through the engine: seconds from the first byte written until the status bus shows

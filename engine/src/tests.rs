@@ -182,6 +182,20 @@ async fn add_misbehaving_with(f: &Fixture, sandbox: SandboxBudget) -> Module {
     .await
 }
 
+/// Wait until `key` has any value; `why` is the failure message.
+async fn wait_for_key(engine: &Engine, tenant: &str, module: &str, key: &str, why: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while engine
+        .state_key(tenant, module, key)
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn wait_for(engine: &Engine, tenant: &str, module: &str, key: &str, want: Value) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -598,35 +612,17 @@ async fn config_changes_start_and_stop_modules() {
     let remember = |v: &'static str| engine.exec(&f.tenant, &fx.id, "remember", vec![json!(v)]);
     remember("before").await.unwrap();
     wait_for(&engine, &f.tenant, &fx.id, "remembered", json!("before")).await;
-    engine
-        .store
-        .create(
-            &actor,
-            Settings {
-                id: new_id(IdKind::Settings),
-                tenant_id: f.tenant.clone(),
-                parent_id: fx.id.clone(),
-                body: SettingsBody::Plain(json!({"timer_every_ms": 20})),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    attach_settings(&engine, &f.tenant, &fx.id, json!({"timer_every_ms": 20})).await;
     // New settings reach the running driver through `on-update` (it starts ticking)
     // without a restart: its in-memory state is kept.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while engine
-        .state_key(&f.tenant, &fx.id, "ticks")
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "on-update never applied the new settings"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_key(
+        &engine,
+        &f.tenant,
+        &fx.id,
+        "ticks",
+        "on-update never applied the new settings",
+    )
+    .await;
     assert_eq!(
         engine.state_key(&f.tenant, &fx.id, "remembered").unwrap(),
         Some(json!("before"))
@@ -1390,7 +1386,7 @@ async fn udp_devices_exchange_datagrams_and_report_when_off() {
 
 /// A TCP device that refuses connections is reported (`connection_error`, `connected`
 /// false) and retried with backoff; when it starts listening the module connects and the
-/// error clears.
+/// error clears. A device name that does not resolve is reported the same way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusing_tcp_device_is_reported_and_reconnected() {
     use lintel_bundled_drivers::fixtures::VERSIONED_V1;
@@ -1448,6 +1444,28 @@ async fn a_refusing_tcp_device_is_reported_and_reconnected() {
         json!("echo HELLO v1"),
     )
     .await;
+
+    // A name that does not resolve (`.invalid` never does) is reported the same way.
+    let lost = add_module(
+        &f.engine,
+        &f.tenant,
+        &f.system,
+        VERSIONED_V1.component,
+        Some("tcp://device.invalid:4352"),
+        json!({}),
+    )
+    .await;
+    f.engine.start_module(&f.tenant, &lost.id).await.unwrap();
+    let why = wait_for_text(
+        &f.engine,
+        &f.tenant,
+        &lost.id,
+        CONNECTION_ERROR_KEY,
+        "connect to device.invalid:4352",
+    )
+    .await;
+    assert!(!why.contains("refused"), "{why}");
+    assert_eq!(f.exec(&lost.id, "version", vec![]).await.unwrap(), json!(1));
     f.engine.shutdown().await;
 }
 
@@ -1547,19 +1565,14 @@ async fn settings_inherit_from_driver_zones_system_and_module() {
         json!({"timer_every_ms": 20}),
     )
     .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while engine
-        .state_key(&f.tenant, &m.id, "ticks")
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the zone's setting never reached the module"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_key(
+        &engine,
+        &f.tenant,
+        &m.id,
+        "ticks",
+        "the zone's setting never reached the module",
+    )
+    .await;
     assert_eq!(
         engine.state_key(&f.tenant, &m.id, "remembered").unwrap(),
         Some(json!("kept"))
