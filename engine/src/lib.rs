@@ -102,8 +102,9 @@ struct RunningModule {
     cancel: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     last_error: Arc<Mutex<Option<String>>>,
-    /// The `tls` settings its transport was opened with (a change reopens it).
-    tls_settings: Value,
+    /// The settings its transport was opened with (`tls`, `makebreak_idle_ms`): a change
+    /// reopens it.
+    transport_settings: Value,
 }
 
 /// What happened to each running module when a driver was upgraded.
@@ -612,8 +613,8 @@ impl Engine {
         let settings = self
             .merged_settings(&info, &cfg)
             .map_err(|e| e.to_string())?;
-        if settings.public.get("tls").unwrap_or(&Value::Null) != &running.tls_settings {
-            return Err("the TLS settings changed: the connection is reopened".into());
+        if transport_settings(&settings.public) != running.transport_settings {
+            return Err("the transport settings changed: the connection is reopened".into());
         }
         let (reply, answer) = oneshot::channel();
         let ev = if same_driver {
@@ -771,7 +772,7 @@ impl Engine {
             .load_component(tenant_id, &cfg.driver.component_hash)
             .await?;
         let settings = self.merged_settings(&info, &cfg)?;
-        let tls_settings = settings.public.get("tls").cloned().unwrap_or(Value::Null);
+        let transport_settings = transport_settings(&settings.public);
         let module = &cfg.module;
 
         let module_id: Arc<str> = module.id.as_str().into();
@@ -891,7 +892,7 @@ impl Engine {
                 cancel,
                 task: Mutex::new(Some(task)),
                 last_error,
-                tls_settings,
+                transport_settings,
             }),
         );
         metrics::gauge!("lintel_modules_running").set(self.running_modules() as f64);
@@ -1113,6 +1114,12 @@ pub(crate) fn check_arguments(f: &FunctionInfo, args: &[Value]) -> Result<()> {
             .map_err(|e| bad(format!("parameter `{}`: {e}", p.name)))?;
     }
     Ok(())
+}
+
+/// The settings a module's transport is opened with; when they change, it is reopened
+/// (other settings reach the driver with `on-update`).
+fn transport_settings(settings: &Value) -> Value {
+    serde_json::json!([settings.get("tls"), settings.get("makebreak_idle_ms")])
 }
 
 /// How long a make-break connection stays open without traffic: the module's

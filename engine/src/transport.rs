@@ -92,6 +92,7 @@ pub enum Target {
 
 impl Target {
     pub fn parse(uri: &str) -> Result<Self, String> {
+        let full = uri;
         if let Some(name) = uri.strip_prefix("sim://") {
             if name.is_empty() {
                 return Err("sim:// needs a simulator name".into());
@@ -104,6 +105,8 @@ impl Target {
             )
         })?;
         if scheme == "ws" || scheme == "wss" {
+            // Errors quote the address without its query (it may carry a device token).
+            let uri = uri.split_once('?').map_or(uri, |(u, _)| u);
             let parsed: tokio_tungstenite::tungstenite::http::Uri = uri
                 .parse()
                 .map_err(|e| format!("uri `{uri}` is not a valid URL: {e}"))?;
@@ -136,7 +139,7 @@ impl Target {
                     .to_string(),
                 port,
                 secure,
-                url: uri.to_string(),
+                url: full.to_string(),
             });
         }
         let rest = rest.trim_end_matches('/');
@@ -229,8 +232,9 @@ async fn connect(
                 tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config)),
             )
             .await
-            .map_err(|_| format!("WebSocket handshake with {url} timed out"))?
-            .map_err(|e| format!("WebSocket handshake with {url}: {e}"))?;
+            // Named by host and port only: a query may carry a device token.
+            .map_err(|_| format!("WebSocket handshake with {host}:{port} timed out"))?
+            .map_err(|e| format!("WebSocket handshake with {host}:{port}: {e}"))?;
             Ok(Conn::Messages(Box::new(ws)))
         }
         Target::Udp { host, port } => {
@@ -929,6 +933,9 @@ mod tests {
                 url: "ws://[::1]:8080/".into()
             }
         );
+        // A query (which may carry a device token) stays out of the error.
+        let e = Target::parse("ws://h:bad/?token=s3cret").unwrap_err();
+        assert!(e.contains("ws://h:bad/") && !e.contains("s3cret"), "{e}");
         for bad in [
             "http://x:1",
             "tcp://host",
