@@ -1845,3 +1845,92 @@ async fn make_break_connects_per_command_and_closes_when_quiet() {
     assert_eq!(f.exec(&m.id, "version", vec![]).await.unwrap(), json!(1));
     f.engine.shutdown().await;
 }
+
+/// A device that sends garbage and then a line over the frame limit: the garbage reaches
+/// the driver as lines like any other, the over-long line is reported (`connection_error`
+/// names the limit) and the connection is made again; the module stays up and the device
+/// is heard again once it behaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_over_long_frames_are_reported_and_survived() {
+    use lintel_bundled_drivers::fixtures::VERSIONED_V1;
+    use tokio::io::AsyncWriteExt;
+    let f = demo_fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut n = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            n += 1;
+            let first = n == 1;
+            tokio::spawn(async move {
+                if first {
+                    // Binary garbage ending in a newline, then 70 KiB with no newline.
+                    let _ = stream.write_all(b"\x00\xff\xfe garbage \x07\n").await;
+                    let _ = stream
+                        .write_all(&vec![b'x'; MAX_FRAME_BYTES + 6 * 1024])
+                        .await;
+                } else {
+                    let _ = stream.write_all(b"fine again\n").await;
+                }
+                // Keep the socket open: the engine is the one that gives up on it.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let m = add_module(
+        &f.engine,
+        &f.tenant,
+        &f.system,
+        VERSIONED_V1.component,
+        Some(&format!("tcp://{addr}")),
+        json!({}),
+    )
+    .await;
+    let mut changes = f.engine.status_bus().subscribe();
+    f.engine.start_all().await.unwrap();
+    let why = wait_for_text(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        CONNECTION_ERROR_KEY,
+        "frame exceeds",
+    )
+    .await;
+    assert!(
+        why.contains(&format!("{MAX_FRAME_BYTES}-byte limit")),
+        "{why}"
+    );
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        "last_line",
+        json!("fine again"),
+    )
+    .await;
+    wait_for(
+        &f.engine,
+        &f.tenant,
+        &m.id,
+        CONNECTION_ERROR_KEY,
+        Value::Null,
+    )
+    .await;
+    // The garbage line reached the driver (as lossy UTF-8) before the over-long one.
+    let mut lines = Vec::new();
+    while let Ok(c) = changes.try_recv() {
+        if *c.module_id == *m.id && &*c.key == "last_line" {
+            lines.push((*c.value).clone());
+        }
+    }
+    assert_eq!(
+        lines,
+        [
+            json!("\u{0}\u{fffd}\u{fffd} garbage \u{7}"),
+            json!("fine again")
+        ]
+    );
+    assert_eq!(f.engine.module_error(&f.tenant, &m.id).unwrap(), None);
+    assert_eq!(f.exec(&m.id, "version", vec![]).await.unwrap(), json!(1));
+    f.engine.shutdown().await;
+}
