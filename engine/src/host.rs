@@ -151,7 +151,8 @@ impl Default for OutputLimits {
 }
 
 /// Everything a module's host imports read and write. Lives in the module's wasmtime
-/// `Store`; the actor moves the queue and timers to a new instance on hot reload.
+/// `Store`; the actor moves the queue to a new instance on hot reload (its timers start
+/// over: the new version's `on-load` schedules its own).
 pub struct ModuleHost {
     pub(crate) module_id: Arc<str>,
     pub(crate) transport: TransportKind,

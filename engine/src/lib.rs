@@ -422,6 +422,8 @@ impl Engine {
                 IdKind::Driver => self.modules_of_driver(&c.tenant_id, &c.id).await?,
                 // Its zones (or their order) may have changed.
                 IdKind::System => self.modules_of_system(&c.tenant_id, &c.id).await?,
+                // Its time zone may have changed.
+                IdKind::Zone => self.modules_of_zone(&c.tenant_id, &c.id).await?,
                 IdKind::Settings => {
                     let Some((s, _)) = self
                         .store
@@ -439,18 +441,7 @@ impl Engine {
                             self.modules_of_system(&c.tenant_id, &s.parent_id).await?
                         }
                         Some(IdKind::Zone) => {
-                            let mut out = Vec::new();
-                            for system in self
-                                .store
-                                .list_all::<ControlSystem>(
-                                    &c.tenant_id,
-                                    ListOptions::by("zone", &s.parent_id),
-                                )
-                                .await?
-                            {
-                                out.extend(self.modules_of_system(&c.tenant_id, &system.id).await?);
-                            }
-                            out
+                            self.modules_of_zone(&c.tenant_id, &s.parent_id).await?
                         }
                         _ => vec![],
                     }
@@ -482,6 +473,19 @@ impl Engine {
             .into_iter()
             .map(|m| m.id)
             .collect())
+    }
+
+    /// Modules of every system in `zone_id` (their settings and time zone inherit from it).
+    async fn modules_of_zone(&self, tenant_id: &str, zone_id: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for system in self
+            .store
+            .list_all::<ControlSystem>(tenant_id, ListOptions::by("zone", zone_id))
+            .await?
+        {
+            out.extend(self.modules_of_system(tenant_id, &system.id).await?);
+        }
+        Ok(out)
     }
 
     async fn modules_of_driver(&self, tenant_id: &str, driver_id: &str) -> Result<Vec<String>> {
