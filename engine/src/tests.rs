@@ -182,34 +182,68 @@ async fn add_misbehaving_with(f: &Fixture, sandbox: SandboxBudget) -> Module {
     .await
 }
 
-/// Wait until `key` has any value; `why` is the failure message.
-async fn wait_for_key(engine: &Engine, tenant: &str, module: &str, key: &str, why: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while engine
-        .state_key(tenant, module, key)
-        .ok()
-        .flatten()
-        .is_none()
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{why}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-async fn wait_for(engine: &Engine, tenant: &str, module: &str, key: &str, want: Value) {
+/// Poll `key` of a module (every 20 ms, for up to 10 s) until `done` accepts its value;
+/// fails naming what was awaited and the module's state.
+async fn poll_key<T>(
+    engine: &Engine,
+    tenant: &str,
+    module: &str,
+    key: &str,
+    done: impl Fn(Option<Value>) -> Option<T>,
+    awaited: impl Fn() -> String,
+) -> T {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let now = engine.state_key(tenant, module, key).ok().flatten();
-        if now.as_ref() == Some(&want) {
-            return;
+        if let Some(t) = done(engine.state_key(tenant, module, key).ok().flatten()) {
+            return t;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{key} never became {want}; state: {:?}",
+            "{}; state: {:?}",
+            awaited(),
             engine.state(tenant, module)
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Wait until `key` has any value; `why` is the failure message.
+async fn wait_for_key(engine: &Engine, tenant: &str, module: &str, key: &str, why: &str) {
+    poll_key(
+        engine,
+        tenant,
+        module,
+        key,
+        |v| v.map(drop),
+        || why.to_string(),
+    )
+    .await
+}
+
+async fn wait_for(engine: &Engine, tenant: &str, module: &str, key: &str, want: Value) {
+    let done = |v: Option<Value>| (v.as_ref() == Some(&want)).then_some(());
+    poll_key(engine, tenant, module, key, done, || {
+        format!("{key} never became {want}")
+    })
+    .await
+}
+
+/// Wait until `key` is a string containing `part`; returns it.
+async fn wait_for_text(
+    engine: &Engine,
+    tenant: &str,
+    module: &str,
+    key: &str,
+    part: &str,
+) -> String {
+    let done = |v: Option<Value>| match v {
+        Some(Value::String(s)) if s.contains(part) => Some(s),
+        _ => None,
+    };
+    poll_key(engine, tenant, module, key, done, || {
+        format!("{key} never contained `{part}`")
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1179,30 +1213,6 @@ async fn tls_echo_device() -> (u16, String) {
     (port, ca.pem())
 }
 
-/// Wait until `key` is a string containing `part`; returns it.
-async fn wait_for_text(
-    engine: &Engine,
-    tenant: &str,
-    module: &str,
-    key: &str,
-    part: &str,
-) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(Value::String(s)) = engine.state_key(tenant, module, key).ok().flatten()
-            && s.contains(part)
-        {
-            return s;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{key} never contained `{part}`; state: {:?}",
-            engine.state(tenant, module)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// TLS devices: a certificate from the module's CA is trusted; one from an unknown CA is
 /// refused with a clear `connection_error` while the module stays up, and it connects once
 /// the CA is configured; `tls.verify: false` connects anyway. Bad TLS settings stop the
@@ -1577,6 +1587,25 @@ async fn settings_inherit_from_driver_zones_system_and_module() {
         engine.state_key(&f.tenant, &m.id, "remembered").unwrap(),
         Some(json!("kept"))
     );
+    // A zone's own record changing (its time zone) reaches the module too.
+    let mut zone: lintel_model::Zone = engine.store.require(&f.tenant, &building.id).await.unwrap();
+    zone.timezone = Some("Europe/London".into());
+    engine.store.update(&Actor::system(), zone).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !engine
+        .router
+        .running(&f.tenant, &m.id)
+        .unwrap()
+        .fingerprint
+        .lock()
+        .ends_with("/tz=Europe/London")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the zone's time zone never reached the module"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     cancel.cancel();
     follower.await.unwrap();
     engine.shutdown().await;
