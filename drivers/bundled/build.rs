@@ -16,6 +16,7 @@ const DRIVERS: &[(&str, &str)] = &[
         "lintel-driver-demo-occupancy",
         "lintel_driver_demo_occupancy",
     ),
+    ("lintel-driver-mqtt-sensor", "lintel_driver_mqtt_sensor"),
 ];
 
 /// Test fixtures, built only with the `fixtures` feature (never shipped in `lintel`).
@@ -46,6 +47,7 @@ fn main() {
         "sdk-macros",
         "demo-display",
         "demo-occupancy",
+        "mqtt-sensor",
         "fixtures",
     ] {
         println!("cargo:rerun-if-changed={}", drivers_dir.join(dir).display());

@@ -153,7 +153,9 @@ async fn through_engine(modules: usize, rate: u64) -> Result<(f64, f64, usize), 
     let samples = collect(
         async || loop {
             match bus.recv().await {
-                Ok(c) if &*c.key == "people_count" => return c.value.as_u64().map(|v| v as usize),
+                Ok(c) if &*c.key == "people_count" => {
+                    return c.value.and_then(|v| v.as_u64()).map(|v| v as usize);
+                }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return None,

@@ -187,7 +187,7 @@ async fn lintel_events(
             match bus.recv().await {
                 Ok(c) if c.module_id == module_id && &*c.key == "people_count" => {
                     seen += 1;
-                    if c.value.as_u64() == Some(target) {
+                    if c.value.and_then(|v| v.as_u64()) == Some(target) {
                         return Ok(());
                     }
                 }

@@ -112,6 +112,8 @@ struct Script {
     subscriptions: Vec<(u64, String, flume::Sender<Event>)>,
     http: VecDeque<(String, String, Result<HttpAnswer, String>)>,
     http_made: Vec<HttpCall>,
+    mqtt_filters: Vec<String>,
+    mqtt_events: Option<flume::Sender<Event>>,
 }
 
 #[derive(Clone, Default)]
@@ -170,7 +172,13 @@ impl ModuleLinks for ScriptedLinks {
         let _ = events.try_send(Event::Host(HostEvent::Http(id, answer)));
     }
 
-    fn mqtt_subscribe(&self, _filter: String, _events: flume::Sender<Event>) {}
+    fn mqtt_subscribe(&self, filter: String, events: flume::Sender<Event>) {
+        let mut s = self.0.lock();
+        if !s.mqtt_filters.contains(&filter) {
+            s.mqtt_filters.push(filter);
+        }
+        s.mqtt_events = Some(events);
+    }
 }
 
 /// One scripted exchange: when the driver writes `expect`, the device answers `respond`.
@@ -548,6 +556,33 @@ impl Harness {
     /// HTTP requests the driver made.
     pub fn http_requests(&self) -> Vec<HttpCall> {
         self.links.0.lock().http_made.clone()
+    }
+
+    /// The broker delivers a message on `topic`: the driver's `on-event(mqtt-message)`
+    /// runs if one of its topic filters matches (as a broker would decide). Returns
+    /// whether it was delivered.
+    pub fn mqtt_message(&mut self, topic: &str, payload: &[u8]) -> bool {
+        let events = {
+            let s = self.links.0.lock();
+            if !s.mqtt_filters.iter().any(|f| rumqttc::matches(topic, f)) {
+                return false;
+            }
+            s.mqtt_events.clone()
+        };
+        let Some(events) = events else {
+            return false;
+        };
+        let ev = Event::Host(HostEvent::MqttMessage(topic.into(), payload.to_vec()));
+        if self.rt.block_on(events.send_async(ev)).is_err() {
+            return false;
+        }
+        self.settle();
+        true
+    }
+
+    /// The MQTT topic filters the driver subscribed to, in order.
+    pub fn mqtt_subscriptions(&self) -> Vec<String> {
+        self.links.0.lock().mqtt_filters.clone()
     }
 
     fn send(&mut self, ev: Event) {

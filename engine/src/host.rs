@@ -182,6 +182,8 @@ pub struct ModuleHost {
     pub(crate) open_calls: HashSet<u64>,
     /// Open subscriptions (each holds a handle until `unsubscribe`).
     pub(crate) subscriptions: HashSet<u64>,
+    /// MQTT topic filters subscribed to (at most `mqtt::MAX_SUBSCRIPTIONS`).
+    mqtt_filters: HashSet<String>,
     open_handles: usize,
     log_rate: Bucket,
     pub(crate) logs_suppressed: u64,
@@ -230,6 +232,7 @@ impl ModuleHost {
             next_handle: 1,
             open_calls: HashSet::new(),
             subscriptions: HashSet::new(),
+            mqtt_filters: HashSet::new(),
             open_handles: 0,
             log_rate: Bucket::new(cfg.limits.logs_per_second),
             logs_suppressed: 0,
@@ -388,6 +391,12 @@ impl bindings::lintel::driver::host::Host for ModuleHost {
         match self.transport {
             TransportKind::None | TransportKind::Http => {
                 return Err("this driver has no byte transport to send on".into());
+            }
+            TransportKind::Mqtt => {
+                return Err(
+                    "the mqtt transport only subscribes (mqtt-subscribe); it does not publish"
+                        .into(),
+                );
             }
             _ => {}
         }
@@ -585,6 +594,20 @@ impl bindings::lintel::driver::host::Host for ModuleHost {
         if topic_filter.is_empty() || topic_filter.len() > 1024 {
             return Err("topic filter must be 1..=1024 bytes".into());
         }
+        if !rumqttc::valid_filter(&topic_filter) {
+            return Err(format!(
+                "`{topic_filter}` is not a valid MQTT topic filter (`+` and `#` stand alone in a level, `#` only last)"
+            ));
+        }
+        if !self.mqtt_filters.contains(&topic_filter) {
+            if self.mqtt_filters.len() >= crate::mqtt::MAX_SUBSCRIPTIONS {
+                return Err(format!(
+                    "a module may subscribe to at most {} topic filters",
+                    crate::mqtt::MAX_SUBSCRIPTIONS
+                ));
+            }
+            self.mqtt_filters.insert(topic_filter.clone());
+        }
         self.effects.push(Effect::MqttSubscribe(topic_filter));
         Ok(())
     }
@@ -679,7 +702,10 @@ mod tests {
             h.set_status("n".into(), i.to_string()).unwrap();
         }
         assert_eq!(h.flush_status(), 1);
-        assert_eq!(*rx.try_recv().unwrap().value, serde_json::json!(99_999));
+        assert_eq!(
+            rx.try_recv().unwrap().value.as_deref(),
+            Some(&serde_json::json!(99_999))
+        );
         assert!(rx.try_recv().is_err());
     }
 

@@ -11,6 +11,7 @@ mod error;
 pub mod harness;
 mod host;
 mod links;
+mod mqtt;
 mod queue;
 mod runtime;
 mod state;
@@ -29,7 +30,7 @@ pub use runtime::{
     Budget, DriverInfo, DriverRuntime, FunctionInfo, ParameterInfo, SUPPORTED_ABI, SandboxLimits,
     TransportKind, sha256_hex,
 };
-pub use state::{StatusBus, StatusChange};
+pub use state::{Snapshot, StatusBus, StatusChange};
 pub use timers::{MAX_TIMERS, Schedule};
 pub use transport::{CONNECTION_ERROR_KEY, InProcessEndpoint, MAX_FRAME_BYTES, Target};
 
@@ -222,11 +223,7 @@ impl Engine {
     pub fn new(cfg: EngineConfig, store: Arc<dyn Store>) -> Result<Self> {
         let runtime = Arc::new(DriverRuntime::new(&cfg.data_dir, cfg.limits.clone())?);
         let status = Arc::new(StatusBus::default());
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(internal)?;
+        let http = links::http_client_builder().build().map_err(internal)?;
         Ok(Engine {
             executor: ModuleExecutor::new(cfg.workers)?,
             router: Arc::new(Router {
@@ -617,7 +614,7 @@ impl Engine {
         let settings = self
             .merged_settings(&info, &cfg)
             .map_err(|e| e.to_string())?;
-        if transport_settings(&settings.public) != running.transport_settings {
+        if transport_settings(&settings) != running.transport_settings {
             return Err("the transport settings changed: the connection is reopened".into());
         }
         let (reply, answer) = oneshot::channel();
@@ -776,7 +773,7 @@ impl Engine {
             .load_component(tenant_id, &cfg.driver.component_hash)
             .await?;
         let settings = self.merged_settings(&info, &cfg)?;
-        let transport_settings = transport_settings(&settings.public);
+        let transport_settings = transport_settings(&settings);
         let module = &cfg.module;
 
         let module_id: Arc<str> = module.id.as_str().into();
@@ -787,8 +784,10 @@ impl Engine {
         let need = |what: &str| {
             EngineError::Internal(format!("module {} needs a device uri ({what})", module.id))
         };
-        let mut base_uri = None;
+        let mut http_device = None;
+        let mut mqtt = None;
         let mut makebreak = false;
+        let refused = |e: String| EngineError::Internal(format!("module {}: {e}", module.id));
         let outbound = match info.transport {
             TransportKind::None => None,
             TransportKind::Tcp
@@ -845,14 +844,40 @@ impl Engine {
                 let uri = endpoint
                     .as_deref()
                     .ok_or_else(|| need("http(s)://host[:port]"))?;
-                base_uri = Some(links::base_url(uri).map_err(EngineError::Internal)?);
+                http_device = Some(
+                    links::HttpDevice::new(uri, &settings, &self.http, status.clone())
+                        .map_err(refused)?,
+                );
                 None
             }
-            other => {
-                return Err(EngineError::Internal(format!(
-                    "module {}: the {other:?} transport is not supported by this engine yet",
-                    module.id
-                )));
+            TransportKind::Mqtt => {
+                let uri = endpoint
+                    .as_deref()
+                    .ok_or_else(|| need("mqtt(s)://host[:port]"))?;
+                let broker = mqtt::Broker::parse(uri).map_err(refused)?;
+                let tls = if broker.secure {
+                    Some(tls::TlsClient::from_settings(&settings.public).map_err(refused)?)
+                } else {
+                    None
+                };
+                let options = mqtt::options(
+                    &module.id,
+                    &broker,
+                    transport_setting(&settings, "mqtt"),
+                    tls.as_ref(),
+                )
+                .map_err(refused)?;
+                let (task, subscriptions) = mqtt::MqttTask::new(
+                    module_id.clone(),
+                    broker,
+                    options,
+                    events_tx.clone(),
+                    status.clone(),
+                    cancel.clone(),
+                );
+                self.executor.handle().spawn(task.run());
+                mqtt = Some(subscriptions);
+                None
             }
         };
         let last_error = Arc::new(Mutex::new(None));
@@ -860,8 +885,8 @@ impl Engine {
             self.router.clone(),
             tenant_id.to_string(),
             module.control_system_id.clone(),
-            base_uri,
-            self.http.clone(),
+            http_device,
+            mqtt,
             cancel.child_token(),
         );
         let actor = ModuleActor {
@@ -1122,8 +1147,35 @@ pub(crate) fn check_arguments(f: &FunctionInfo, args: &[Value]) -> Result<()> {
 
 /// The settings a module's transport is opened with; when they change, it is reopened
 /// (other settings reach the driver with `on-update`).
-fn transport_settings(settings: &Value) -> Value {
-    serde_json::json!([settings.get("tls"), settings.get("makebreak_idle_ms")])
+/// The settings a module's connection is opened with: a change to any of them reopens it
+/// (a restart) rather than reaching the driver's `on-update`. Read from the public
+/// settings or, where the driver declares one a secret, from its secrets.
+fn transport_settings(settings: &ModuleSettings) -> Value {
+    Value::Array(
+        TRANSPORT_SETTINGS
+            .iter()
+            .map(|k| {
+                transport_setting(settings, k)
+                    .cloned()
+                    .unwrap_or(Value::Null)
+            })
+            .collect(),
+    )
+}
+
+const TRANSPORT_SETTINGS: [&str; 5] = [
+    "tls",
+    "makebreak_idle_ms",
+    "mqtt",
+    "basic_auth",
+    "bearer_token",
+];
+
+fn transport_setting<'a>(settings: &'a ModuleSettings, key: &str) -> Option<&'a Value> {
+    settings
+        .public
+        .get(key)
+        .or_else(|| settings.secrets.get(key))
 }
 
 /// How long a make-break connection stays open without traffic: the module's

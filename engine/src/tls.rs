@@ -29,6 +29,8 @@ const MAX_CA_CERTS: usize = 64;
 #[derive(Clone)]
 pub(crate) struct TlsClient {
     pub connector: TlsConnector,
+    /// The same configuration, for clients that build their own connector (MQTT, HTTP).
+    pub config: Arc<ClientConfig>,
     /// Overrides the host in the module's address for the certificate check.
     pub server_name: Option<ServerName<'static>>,
     /// Certificates are not checked (`tls.verify: false`).
@@ -100,8 +102,10 @@ impl TlsClient {
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
                 .with_no_client_auth()
         };
+        let config = Arc::new(config);
         Ok(TlsClient {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: TlsConnector::from(config.clone()),
+            config,
             server_name,
             unverified: !verify,
         })

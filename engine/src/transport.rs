@@ -26,8 +26,8 @@ pub(crate) const MAX_BATCH_BYTES: usize = 16 * 1024;
 /// Status key holding why the device cannot be reached (null once it can).
 pub const CONNECTION_ERROR_KEY: &str = "connection_error";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(500);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// How the byte stream is cut into messages (from the driver's metadata).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,8 +25,15 @@ pub const DEMO_OCCUPANCY: BundledDriver = BundledDriver {
     )),
 };
 
+/// Sensors that publish JSON to an MQTT broker (Zigbee2MQTT style), see
+/// `drivers/mqtt-sensor`.
+pub const MQTT_SENSOR: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-mqtt-sensor",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_mqtt_sensor.wasm")),
+};
+
 /// Every bundled driver.
-pub const ALL: &[BundledDriver] = &[DEMO_DISPLAY, DEMO_OCCUPANCY];
+pub const ALL: &[BundledDriver] = &[DEMO_DISPLAY, DEMO_OCCUPANCY, MQTT_SENSOR];
 
 /// Deliberately misbehaving drivers for the sandbox tests (feature `fixtures`).
 #[cfg(feature = "fixtures")]

@@ -155,7 +155,7 @@ extern crate self as lintel_driver_sdk;
 pub use lintel_driver_sdk_macros::driver;
 pub use schemars;
 pub use serde;
-pub use serde_json::{Value, json};
+pub use serde_json::{self, Value, json};
 
 /// The WIT world's version: what the engine checks a component against.
 pub const ABI_VERSION: &str = "0.1.0";
