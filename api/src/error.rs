@@ -112,9 +112,9 @@ impl From<EngineError> for ApiError {
             | EngineError::ModuleNotFound(_)
             | EngineError::ModuleNotRunning(_)
             | EngineError::FunctionNotFound { .. } => ApiError::NotFound(e.to_string()),
-            EngineError::BadArguments { .. } | EngineError::InvalidDriver(_) => {
-                ApiError::BadRequest(e.to_string())
-            }
+            EngineError::BadArguments { .. }
+            | EngineError::InvalidDriver(_)
+            | EngineError::Invalid(_) => ApiError::BadRequest(e.to_string()),
             EngineError::Driver(m) => ApiError::Driver(m),
             EngineError::Timeout(_) => ApiError::Timeout(e.to_string()),
             EngineError::Busy => ApiError::Unavailable(e.to_string()),

@@ -19,6 +19,10 @@ pub enum EngineError {
     Timeout(u64),
     #[error("the module is busy: its event queue is full")]
     Busy,
+    /// A request the module's config cannot serve (e.g. a ping of a module without a
+    /// device address).
+    #[error("{0}")]
+    Invalid(String),
     #[error("invalid driver component: {0}")]
     InvalidDriver(String),
     #[error(transparent)]

@@ -274,7 +274,7 @@ impl HarnessBuilder {
             clock: Arc::new(SharedClock(clock.clone())),
             links: Box::new(links.clone()),
             last_error: last_error.clone(),
-            log_tap: Some(log_tx),
+            log_tap: Some(crate::host::LogTap::Collect(log_tx)),
             cancel: cancel.clone(),
             makebreak: false,
         };

@@ -87,8 +87,36 @@ pub enum Effect {
     Reply(u64, Result<Value, String>),
 }
 
-/// Where a module's log lines go besides `tracing` (the test harness collects them).
-pub type LogTap = flume::Sender<LogLine>;
+/// Where a module's log lines go besides `tracing`.
+#[derive(Clone)]
+pub enum LogTap {
+    /// Every line, in order (the test harness collects them).
+    Collect(flume::Sender<LogLine>),
+    /// Whoever is debugging the module now (`Engine::debug`): nothing is built when nobody
+    /// is, and a reader that falls behind the channel's bound misses lines (told by
+    /// `Lagged`), never slowing the module.
+    Debug(tokio::sync::broadcast::Sender<LogLine>),
+}
+
+impl LogTap {
+    fn send(&self, level: LogLevel, message: &str) {
+        match self {
+            LogTap::Collect(tx) => {
+                let _ = tx.try_send(LogLine {
+                    level,
+                    message: message.to_string(),
+                });
+            }
+            LogTap::Debug(tx) if tx.receiver_count() > 0 => {
+                let _ = tx.send(LogLine {
+                    level,
+                    message: message.to_string(),
+                });
+            }
+            LogTap::Debug(_) => {}
+        }
+    }
+}
 
 /// Simple token bucket over the module's millisecond clock.
 #[derive(Debug)]
@@ -356,10 +384,7 @@ impl ModuleHost {
             LogLevel::Error => tracing::error!(module = id, "{m}"),
         }
         if let Some(tap) = &self.log_tap {
-            let _ = tap.try_send(LogLine {
-                level,
-                message: m.to_string(),
-            });
+            tap.send(level, m);
         }
     }
 }
@@ -786,7 +811,7 @@ mod tests {
         let bus = StatusBus::default();
         let (tap, lines) = flume::unbounded();
         let mut h = host(&bus, TransportKind::None, false);
-        h.log_tap = Some(tap);
+        h.log_tap = Some(LogTap::Collect(tap));
         for i in 0..10_000 {
             h.log(LogLevel::Info, format!("line {i}"));
         }

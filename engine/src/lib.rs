@@ -21,6 +21,7 @@ mod transport;
 
 pub use actor::{DRIVER_ERROR_KEY, HostEvent, HttpAnswer, ModuleSettings};
 pub use error::{EngineError, Result};
+use host::LogTap;
 pub use host::{
     HttpCall, LogLevel, LogLine, MAX_RESULT_BYTES, MAX_STATUS_KEYS, MAX_STATUS_VALUE, ModuleTarget,
     OutputLimits, StatusTarget,
@@ -95,17 +96,20 @@ struct RunningModule {
     tenant_id: String,
     /// The stored config it runs (see [`ModuleConfig::fingerprint`]).
     fingerprint: Mutex<String>,
-    /// Version of the module record it was started from (a change restarts it).
-    module_version: u64,
+    /// What of its module record it was started from (`Module::runtime_key`): a change
+    /// restarts it; other edits (name, notes) leave it running.
+    module_key: String,
     info: RwLock<Arc<DriverInfo>>,
     component_hash: Mutex<String>,
     events: flume::Sender<Event>,
     cancel: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     last_error: Arc<Mutex<Option<String>>>,
-    /// The settings its transport was opened with (`tls`, `makebreak_idle_ms`): a change
+    /// The settings its transport was opened with (see `TRANSPORT_SETTINGS`): a change
     /// reopens it.
     transport_settings: Value,
+    /// Its log lines, for whoever debugs it.
+    debug: tokio::sync::broadcast::Sender<LogLine>,
 }
 
 /// What happened to each running module when a driver was upgraded.
@@ -171,8 +175,11 @@ impl ModuleConfig {
     /// Versions of everything the module was started from: equal fingerprints, same config.
     fn fingerprint(&self) -> String {
         let mut f = format!(
-            "{}@{}/{}@{}",
-            self.module.id, self.module.version, self.driver.id, self.driver.version
+            "{}[{}]/{}@{}",
+            self.module.id,
+            self.module.runtime_key(),
+            self.driver.id,
+            self.driver.version
         );
         for s in &self.settings {
             f.push_str(&format!("/{}@{}", s.id, s.version));
@@ -579,7 +586,7 @@ impl Engine {
             if *running.fingerprint.lock() == cfg.fingerprint() {
                 return Ok(());
             }
-            if running.module_version == cfg.module.version {
+            if running.module_key == cfg.module.runtime_key() {
                 match self.reload_in_place(&running, cfg).await {
                     Ok(r) => return r,
                     Err(why) => tracing::info!(module = %module_id, %why, "restarting the module"),
@@ -881,6 +888,7 @@ impl Engine {
             }
         };
         let last_error = Arc::new(Mutex::new(None));
+        let (debug, _) = tokio::sync::broadcast::channel(DEBUG_LINES);
         let links = links::EngineLinks::new(
             self.router.clone(),
             tenant_id.to_string(),
@@ -904,7 +912,7 @@ impl Engine {
             clock: self.clock.clone(),
             links: Box::new(links),
             last_error: last_error.clone(),
-            log_tap: None,
+            log_tap: Some(LogTap::Debug(debug.clone())),
             cancel: cancel.clone(),
             makebreak,
         };
@@ -914,7 +922,7 @@ impl Engine {
             Arc::new(RunningModule {
                 tenant_id: tenant_id.to_string(),
                 fingerprint: Mutex::new(fingerprint),
-                module_version: module.version,
+                module_key: module.runtime_key(),
                 info: RwLock::new(info),
                 component_hash: Mutex::new(cfg.driver.component_hash.clone()),
                 events: events_tx,
@@ -922,6 +930,7 @@ impl Engine {
                 task: Mutex::new(Some(task)),
                 last_error,
                 transport_settings,
+                debug,
             }),
         );
         metrics::gauge!("lintel_modules_running").set(self.running_modules() as f64);
@@ -974,6 +983,83 @@ impl Engine {
     pub fn state_key(&self, tenant_id: &str, module_id: &str, key: &str) -> Result<Option<Value>> {
         self.running(tenant_id, module_id)?;
         Ok(self.status.get(module_id, key).map(|v| (*v).clone()))
+    }
+
+    /// Whether a module's device can be reached now (PlaceOS's module `ping`): a TCP
+    /// connection to its address's host and port, within 2 s (ICMP needs privileges an
+    /// engine should not hold). A UDP device is only resolved (a datagram probe would be
+    /// traffic the device did not ask for); an in-process device is reachable when its
+    /// simulator is registered. A module with no address is an error.
+    pub async fn ping(&self, tenant_id: &str, module_id: &str) -> Result<Ping> {
+        let module: Module = self
+            .store
+            .get(tenant_id, module_id)
+            .await?
+            .ok_or_else(|| EngineError::ModuleNotFound(module_id.to_string()))?;
+        let uri = module.endpoint().ok_or_else(|| {
+            EngineError::Invalid(format!("module {module_id} has no device address to ping"))
+        })?;
+        let bad = |e: String| EngineError::Invalid(format!("module {module_id}: {e}"));
+        let (host, port, udp) = match Target::parse(&uri) {
+            Ok(Target::InProcess(name)) => {
+                let found = self.endpoints.read().contains_key(&name);
+                return Ok(Ping {
+                    host: format!("sim://{name}"),
+                    pingable: found,
+                    warning: None,
+                    exception: (!found).then(|| format!("no in-process device `{name}`")),
+                });
+            }
+            Ok(Target::Tcp { host, port } | Target::Tls { host, port }) => (host, port, false),
+            Ok(Target::Udp { host, port }) => (host, port, true),
+            Ok(Target::WebSocket { host, port, .. }) => (host, port, false),
+            Err(e) => match (mqtt::Broker::parse(&uri), links::base_url(&uri)) {
+                (Ok(b), _) => (b.host, b.port, false),
+                (_, Ok(url)) => (
+                    url.host_str()
+                        .unwrap_or_default()
+                        .trim_matches(['[', ']'])
+                        .to_string(),
+                    url.port_or_known_default().unwrap_or(80),
+                    false,
+                ),
+                _ => return Err(bad(e)),
+            },
+        };
+        let probe = async {
+            if udp {
+                tokio::net::lookup_host((host.as_str(), port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("resolving {host}: {e}"))
+            } else {
+                tokio::net::TcpStream::connect((host.as_str(), port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("connect to {host}:{port}: {e}"))
+            }
+        };
+        let outcome = tokio::time::timeout(PING_TIMEOUT, probe)
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer from {host}:{port} within 2 s")));
+        Ok(Ping {
+            host,
+            pingable: outcome.is_ok(),
+            warning: udp.then(|| "a UDP device is only resolved, not probed".to_string()),
+            exception: outcome.err(),
+        })
+    }
+
+    /// Follow a module's log lines (PlaceOS `debug`): every line its driver logs from now
+    /// on, and the engine's own lines about it (a dropped command). A reader more than
+    /// `DEBUG_LINES` behind is told it lagged; the stream ends when the module stops or
+    /// restarts (debug it again to follow the new run).
+    pub fn debug(
+        &self,
+        tenant_id: &str,
+        module_id: &str,
+    ) -> Result<tokio::sync::broadcast::Receiver<LogLine>> {
+        Ok(self.running(tenant_id, module_id)?.debug.subscribe())
     }
 
     pub fn driver_info(&self, tenant_id: &str, module_id: &str) -> Result<Arc<DriverInfo>> {
@@ -1162,6 +1248,22 @@ fn transport_settings(settings: &ModuleSettings) -> Value {
             .collect(),
     )
 }
+
+/// How long a module ping waits for the device.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The outcome of [`Engine::ping`] (PlaceOS's shape: `host`, `pingable`, `warning`,
+/// `exception`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Ping {
+    pub host: String,
+    pub pingable: bool,
+    pub warning: Option<String>,
+    pub exception: Option<String>,
+}
+
+/// Log lines a module's debug stream holds for a slow reader.
+const DEBUG_LINES: usize = 256;
 
 const TRANSPORT_SETTINGS: [&str; 5] = [
     "tls",

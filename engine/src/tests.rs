@@ -670,9 +670,10 @@ async fn config_changes_start_and_stop_modules() {
         engine.state_key(&f.tenant, &fx.id, "remembered").unwrap(),
         Some(json!("before"))
     );
-    // A change to the module record itself restarts it: its state starts over.
+    // A change to what the module runs from (its address) restarts it: its state
+    // starts over.
     let mut m: Module = engine.store.require(&f.tenant, &fx.id).await.unwrap();
-    m.notes = "moved".into();
+    m.uri = Some("tcp://127.0.0.1:9".into());
     engine.store.update(&actor, m).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while engine
@@ -713,15 +714,20 @@ async fn reconcile_restarts_only_changed_modules() {
             .unwrap();
         wait_for(&f.engine, &f.tenant, id, "remembered", json!("kept")).await;
     }
-    // Change `b` behind the engine's back (no feed follower), then reconcile.
-    let mut m: Module = f.engine.store.require(&f.tenant, &b).await.unwrap();
+    // Change both behind the engine's back (no feed follower), then reconcile: `a` only
+    // in what a running module does not use (its notes and name), `b` in its address.
+    let mut m: Module = f.engine.store.require(&f.tenant, &a).await.unwrap();
     m.notes = "changed".into();
+    m.custom_name = Some("Renamed".into());
+    f.engine.store.update(&Actor::system(), m).await.unwrap();
+    let mut m: Module = f.engine.store.require(&f.tenant, &b).await.unwrap();
+    m.uri = Some("tcp://127.0.0.1:9".into());
     f.engine.store.update(&Actor::system(), m).await.unwrap();
     f.engine.reconcile().await;
     assert_eq!(
         f.engine.state_key(&f.tenant, &a, "remembered").unwrap(),
         Some(json!("kept")),
-        "an unchanged module keeps running"
+        "a module whose notes and name changed keeps running"
     );
     assert_eq!(
         f.engine.state_key(&f.tenant, &b, "remembered").unwrap(),
@@ -2086,4 +2092,154 @@ async fn waited_commands_time_out_retry_and_fail_on_a_real_device() {
     .expect("the module reconnected");
     assert_eq!(ask("ping", 1000, 0).await.unwrap(), json!("OK pong"));
     f.engine.shutdown().await;
+}
+
+/// A module's debug stream carries its driver's log lines as they are written, goes on
+/// through a crash and restart, and ends when the module stops; the timers of a crashed
+/// instance do not outlive it (the restarted one starts with none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_streams_logs_and_a_restart_clears_timers() {
+    use tokio::sync::broadcast::error::RecvError;
+    let f = demo_fixture().await;
+    let bad = add_misbehaving(&f).await;
+    f.engine.start_all().await.unwrap();
+    let mut debug = f.engine.debug(&f.tenant, &bad.id).unwrap();
+    let next_line = async |debug: &mut tokio::sync::broadcast::Receiver<LogLine>| {
+        tokio::time::timeout(Duration::from_secs(10), debug.recv())
+            .await
+            .expect("a log line in time")
+    };
+    f.exec(&bad.id, "flood", vec![json!(3)]).await.unwrap();
+    for i in 0..3 {
+        let line = next_line(&mut debug).await.unwrap();
+        assert_eq!(
+            (line.level, line.message.as_str()),
+            (LogLevel::Info, format!("flood line {i}").as_str())
+        );
+    }
+
+    // A timer of this instance (every second), then a crash.
+    f.exec(&bad.id, "cron", vec![json!("* * * * * *")])
+        .await
+        .unwrap();
+    wait_for_key(
+        &f.engine,
+        &f.tenant,
+        &bad.id,
+        "cron_fired",
+        "the cron timer",
+    )
+    .await;
+    assert!(f.exec(&bad.id, "panic", vec![]).await.is_err());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while f.exec(&bad.id, "ping", vec![]).await.ok() != Some(json!("pong")) {
+        assert!(tokio::time::Instant::now() < deadline, "never restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Over two of its periods: the old instance's timer is gone with it.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        f.engine
+            .state_key(&f.tenant, &bad.id, "cron_fired")
+            .unwrap(),
+        None
+    );
+
+    // The same stream follows the restarted instance.
+    f.exec(&bad.id, "flood", vec![json!(1)]).await.unwrap();
+    loop {
+        let line = next_line(&mut debug).await.unwrap();
+        if line.message == "flood line 0" {
+            break;
+        }
+    }
+    // Stopped: the stream ends; an unknown module cannot be debugged.
+    f.engine.stop_module(&bad.id).await;
+    loop {
+        match next_line(&mut debug).await {
+            Err(RecvError::Closed) => break,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+        }
+    }
+    assert!(f.engine.debug(&f.tenant, &bad.id).is_err());
+    f.engine.shutdown().await;
+}
+
+/// A module ping probes its device's address: a listening device is pingable, one that
+/// refuses is not (with the reason), an in-process device is found by name, and a module
+/// with no address is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_probe_the_device_address() {
+    use lintel_bundled_drivers::fixtures::VERSIONED_V1;
+    let f = demo_fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let down = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let module_at = async |uri: Option<String>| {
+        let component = match uri {
+            Some(_) => VERSIONED_V1.component,
+            None => lintel_bundled_drivers::fixtures::MISBEHAVE.component,
+        };
+        add_module(
+            &f.engine,
+            &f.tenant,
+            &f.system,
+            component,
+            uri.as_deref(),
+            json!({}),
+        )
+        .await
+        .id
+    };
+    let ping = async |id: &str| f.engine.ping(&f.tenant, id).await;
+
+    let p = ping(&module_at(Some(format!("tcp://{up}"))).await)
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.host.as_str(), p.pingable, &p.exception),
+        ("127.0.0.1", true, &None)
+    );
+    let p = ping(&module_at(Some(format!("tcp://{down}"))).await)
+        .await
+        .unwrap();
+    assert!(!p.pingable);
+    assert!(p.exception.as_deref().unwrap().contains("refused"), "{p:?}");
+    let p = ping(&module_at(Some(format!("http://{up}/api"))).await)
+        .await
+        .unwrap();
+    assert!(p.pingable, "{p:?}");
+    let p = ping(&module_at(Some(format!("mqtt://{down}"))).await)
+        .await
+        .unwrap();
+    assert!(!p.pingable, "{p:?}");
+    let p = ping(&module_at(Some(format!("udp://{down}"))).await)
+        .await
+        .unwrap();
+    assert!(p.pingable && p.warning.is_some(), "{p:?}");
+    let display = f
+        .engine
+        .resolve(&f.tenant, &f.system, "Display_1")
+        .await
+        .unwrap();
+    let p = ping(&display).await.unwrap();
+    assert!(p.pingable && p.host.starts_with("sim://"), "{p:?}");
+    let p = ping(&module_at(Some("sim://nowhere".into())).await)
+        .await
+        .unwrap();
+    assert!(!p.pingable && p.exception.unwrap().contains("nowhere"));
+
+    let e = ping(&module_at(None).await).await.unwrap_err();
+    assert!(
+        matches!(&e, EngineError::Invalid(m) if m.contains("no device address")),
+        "{e}"
+    );
+    assert!(matches!(
+        ping("mod-missing").await,
+        Err(EngineError::ModuleNotFound(_))
+    ));
+    drop(listener);
 }

@@ -429,8 +429,8 @@ record_common!(
 );
 
 /// URI schemes a module may name. The engine decides which it can reach.
-pub const MODULE_URI_SCHEMES: [&str; 9] = [
-    "tcp", "udp", "tls", "http", "https", "ws", "wss", "mqtt", "sim",
+pub const MODULE_URI_SCHEMES: [&str; 10] = [
+    "tcp", "udp", "tls", "http", "https", "ws", "wss", "mqtt", "mqtts", "sim",
 ];
 
 /// A module: one running instance of a driver, with where to reach its device.
@@ -546,6 +546,18 @@ record_common!(
 );
 
 impl Module {
+    /// What a running module is started from: its driver, system, device address and
+    /// make-break. A change to anything else (name, notes) needs no restart.
+    pub fn runtime_key(&self) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.driver_id,
+            self.control_system_id.as_deref().unwrap_or_default(),
+            self.endpoint().unwrap_or_default(),
+            self.makebreak
+        )
+    }
+
     /// The address the engine connects to: `uri` if set, else `ip`/`port` with the
     /// `tcp`/`udp`/`tls` scheme those flags select.
     pub fn endpoint(&self) -> Option<String> {
