@@ -765,6 +765,62 @@ mod tests {
         assert_eq!(largest_batch(200, 1000).await, 17);
     }
 
+    /// A device that sends faster than its module takes events (here: not at all) is held
+    /// back by TCP, not buffered by the engine: its writer blocks while the module's bounded
+    /// queue is full, and every line still arrives, in order, once the module reads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_faster_than_its_module_is_held_back_not_buffered() {
+        use tokio::io::AsyncWriteExt;
+        const LINES: usize = 64 * 1024;
+        const LEN: usize = 1023; // + '\n': 64 MiB in all, far over the socket buffers
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (events_tx, events) = flume::bounded(4);
+        let (_outbound_tx, outbound) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let task = TransportTask {
+            module_id: "mod-t".into(),
+            target: Target::parse(&format!("tcp://{addr}")).unwrap(),
+            framing: Framing::Delimiter(b"\n".to_vec()),
+            endpoints: Default::default(),
+            events: events_tx,
+            outbound,
+            status: crate::state::StatusBus::default().module("mod-t"),
+            cancel: cancel.clone(),
+            tls: None,
+            makebreak: None,
+        };
+        let running = tokio::spawn(task.run());
+        let (mut device, _) = listener.accept().await.unwrap();
+        let writer = tokio::spawn(async move {
+            let mut line = vec![b'x'; LEN + 1];
+            for i in 0..LINES {
+                line[..8].copy_from_slice(format!("{i:08}").as_bytes());
+                line[LEN] = b'\n';
+                device.write_all(&line).await.unwrap();
+            }
+            device
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!writer.is_finished(), "64 MiB were taken in without the module reading");
+        let mut next = 0;
+        while next < LINES {
+            match events.recv_async().await.unwrap() {
+                Event::Received(batch) => {
+                    for frame in batch {
+                        assert_eq!(&frame[..8], format!("{next:08}").as_bytes());
+                        next += 1;
+                    }
+                }
+                Event::Connected => {}
+                _ => panic!("only frames expected"),
+            }
+        }
+        let _device = writer.await.unwrap();
+        cancel.cancel();
+        running.await.unwrap();
+    }
+
     /// Writes `count` lines of `len` bytes before the transport reads any of them; checks
     /// every frame arrives in order within the bounds; returns the largest batch.
     async fn largest_batch(count: usize, len: usize) -> usize {
