@@ -92,6 +92,9 @@ mod bare {
         fn mqtt_subscribe(&mut self, _topic_filter: String) -> Result<(), String> {
             Ok(())
         }
+        fn lookup_system(&mut self, _system: Option<String>) -> Result<u64, String> {
+            Ok(0)
+        }
         fn reply(&mut self, _call: u64, _result: Result<String, String>) -> Result<(), String> {
             Ok(())
         }

@@ -172,6 +172,8 @@ pub trait ModuleLinks: Send + Sync + 'static {
     );
     fn http(&self, id: u64, request: HttpCall, events: flume::Sender<Event>);
     fn mqtt_subscribe(&self, filter: String, events: flume::Sender<Event>);
+    /// Answer `lookup-system` with a `CallResult` (the system as JSON).
+    fn lookup_system(&self, id: u64, system: Option<String>, events: flume::Sender<Event>);
 }
 
 /// Everything a module actor needs to run.
@@ -767,6 +769,9 @@ impl ModuleActor {
                     .links
                     .call(id, target, function, args, self.events_tx.clone()),
                 Effect::Http(id, req) => self.links.http(id, req, self.events_tx.clone()),
+                Effect::LookupSystem(id, system) => {
+                    self.links.lookup_system(id, system, self.events_tx.clone())
+                }
                 Effect::MqttSubscribe(filter) => {
                     self.links.mqtt_subscribe(filter, self.events_tx.clone())
                 }

@@ -114,6 +114,8 @@ struct Script {
     http_made: Vec<HttpCall>,
     mqtt_filters: Vec<String>,
     mqtt_events: Option<flume::Sender<Event>>,
+    /// `lookup-system` answers by system id ("" for the module's own).
+    systems: HashMap<String, Result<Value, String>>,
 }
 
 #[derive(Clone, Default)]
@@ -170,6 +172,18 @@ impl ModuleLinks for ScriptedLinks {
         };
         s.http_made.push(request);
         let _ = events.try_send(Event::Host(HostEvent::Http(id, answer)));
+    }
+
+    fn lookup_system(&self, id: u64, system: Option<String>, events: flume::Sender<Event>) {
+        let s = self.0.lock();
+        let key = system.unwrap_or_default();
+        let answer = s.systems.get(&key).cloned().unwrap_or_else(|| {
+            Err(match key.as_str() {
+                "" => "the test scripted no answer for the module's own system".to_string(),
+                other => format!("the test scripted no answer for system {other}"),
+            })
+        });
+        let _ = events.try_send(Event::Host(HostEvent::CallResult(id, answer)));
     }
 
     fn mqtt_subscribe(&self, filter: String, events: flume::Sender<Event>) {
@@ -551,6 +565,17 @@ impl Harness {
             .lock()
             .http
             .push_back((method.into(), path.into(), answer));
+    }
+
+    /// Answer the driver's `lookup-system` of `system` (`None`: its own) with `answer`
+    /// (the JSON the engine gives: `{"id", "name", "zones", "modules": [{"module",
+    /// "index", "id", "driver", "running"}]}`).
+    pub fn answer_lookup(&mut self, system: Option<&str>, answer: Result<Value, String>) {
+        self.links
+            .0
+            .lock()
+            .systems
+            .insert(system.unwrap_or_default().to_string(), answer);
     }
 
     /// HTTP requests the driver made.

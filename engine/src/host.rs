@@ -84,6 +84,8 @@ pub enum Effect {
     },
     Http(u64, HttpCall),
     MqttSubscribe(String),
+    /// Look up a system (`None`: the module's own); the answer comes as a call result.
+    LookupSystem(u64, Option<String>),
     Reply(u64, Result<Value, String>),
 }
 
@@ -578,6 +580,15 @@ impl bindings::lintel::driver::host::Host for ModuleHost {
             function,
             args,
         });
+        Ok(id)
+    }
+
+    fn lookup_system(&mut self, system: Option<String>) -> Result<u64, String> {
+        if let Some(s) = &system {
+            check_name("system id", s)?;
+        }
+        let id = self.handle()?;
+        self.effects.push(Effect::LookupSystem(id, system));
         Ok(id)
     }
 

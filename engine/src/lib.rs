@@ -966,6 +966,15 @@ impl Engine {
         self.router.running(tenant_id, module_id)
     }
 
+    /// A system and its modules in order, with their names and indexes.
+    pub async fn system_modules(
+        &self,
+        tenant_id: &str,
+        system_id: &str,
+    ) -> Result<(ControlSystem, Vec<SystemModule>)> {
+        self.router.system_modules(tenant_id, system_id).await
+    }
+
     /// The module `slug` (`Display_1`) in system `system_id`, within the tenant.
     pub async fn resolve(&self, tenant_id: &str, system_id: &str, slug: &str) -> Result<String> {
         self.router.resolve(tenant_id, system_id, slug).await
@@ -1131,37 +1140,60 @@ impl Router {
     ) -> Result<String> {
         let slug =
             ModuleSlug::parse(slug).map_err(|e| EngineError::ModuleNotFound(e.to_string()))?;
+        let (_, modules) = self.system_modules(tenant_id, system_id).await?;
+        modules
+            .into_iter()
+            .find(|m| m.module == slug.name && m.index == slug.index)
+            .map(|m| m.id)
+            .ok_or_else(|| EngineError::ModuleNotFound(format!("{slug} in {system_id}")))
+    }
+
+    /// A system and its modules in order, each with its name and index in the system
+    /// (`Display`, 2 for the second display). Modules whose record or driver is gone are
+    /// left out.
+    pub(crate) async fn system_modules(
+        &self,
+        tenant_id: &str,
+        system_id: &str,
+    ) -> Result<(ControlSystem, Vec<SystemModule>)> {
         let system: ControlSystem = self
             .store
             .get(tenant_id, system_id)
             .await?
             .ok_or_else(|| EngineError::SystemNotFound(system_id.to_string()))?;
-        let mut seen = 0;
+        let mut drivers: HashMap<String, DriverRecord> = HashMap::new();
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        let mut out = Vec::with_capacity(system.modules.len());
         for module_id in &system.modules {
             let Some(module) = self.store.get::<Module>(tenant_id, module_id).await? else {
                 continue;
             };
-            let name = match &module.custom_name {
-                Some(n) => n.clone(),
-                None => match self
+            if !drivers.contains_key(&module.driver_id) {
+                match self
                     .store
                     .get::<DriverRecord>(tenant_id, &module.driver_id)
                     .await?
                 {
-                    Some(d) => d.module_name,
+                    Some(d) => drivers.insert(module.driver_id.clone(), d),
                     None => continue,
-                },
-            };
-            if name == slug.name {
-                seen += 1;
-                if seen == slug.index {
-                    return Ok(module.id);
-                }
+                };
             }
+            let driver = &drivers[&module.driver_id];
+            let name = module
+                .custom_name
+                .clone()
+                .unwrap_or_else(|| driver.module_name.clone());
+            let index = seen.entry(name.clone()).or_default();
+            *index += 1;
+            out.push(SystemModule {
+                index: *index,
+                running: self.modules.read().contains_key(&module.id),
+                module: name,
+                id: module.id,
+                driver: driver.name.clone(),
+            });
         }
-        Err(EngineError::ModuleNotFound(format!(
-            "{slug} in {system_id}"
-        )))
+        Ok((system, out))
     }
 
     pub(crate) async fn exec(
@@ -1247,6 +1279,18 @@ fn transport_settings(settings: &ModuleSettings) -> Value {
             })
             .collect(),
     )
+}
+
+/// A module as its system lists it: `Display_2` is `{module: "Display", index: 2}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SystemModule {
+    pub module: String,
+    pub index: u32,
+    pub id: String,
+    /// Its driver's name.
+    pub driver: String,
+    /// Whether this engine runs it now.
+    pub running: bool,
 }
 
 /// How long a module ping waits for the device.

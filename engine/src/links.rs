@@ -329,6 +329,29 @@ impl ModuleLinks for EngineLinks {
         });
     }
 
+    fn lookup_system(&self, id: u64, system: Option<String>, events: flume::Sender<Event>) {
+        let router = self.router.clone();
+        let tenant = self.tenant_id.clone();
+        let system = self.system(&system);
+        self.spawn(async move {
+            let result = async {
+                let system = system?;
+                let (record, modules) = router
+                    .system_modules(&tenant, &system)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(serde_json::json!({
+                    "id": record.id,
+                    "name": record.name,
+                    "zones": record.zones,
+                    "modules": modules,
+                }))
+            }
+            .await;
+            deliver(&events, HostEvent::CallResult(id, result)).await;
+        });
+    }
+
     fn mqtt_subscribe(&self, filter: String, _events: flume::Sender<Event>) {
         let Some(mqtt) = &self.mqtt else {
             // The host refuses mqtt-subscribe for other transports.

@@ -980,6 +980,44 @@ async fn logic_modules_follow_and_call_other_modules() {
         assert!(tokio::time::Instant::now() < deadline, "{e}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
+    // System-wide lookups: the module's own system, with every module's name and index.
+    let last_event_for = async |id: &Value| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let e = f
+                .engine
+                .state_key(&f.tenant, &logic.id, "last_event")
+                .unwrap()
+                .unwrap();
+            if e["id"] == *id {
+                return e;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{e}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let look = exec("lookup", vec![json!("")]).await;
+    let e = last_event_for(&look).await;
+    let system = &e["result"];
+    assert_eq!(system["id"], json!(f.system), "{e}");
+    let (_, listed) = f.engine.system_modules(&f.tenant, &f.system).await.unwrap();
+    assert_eq!(system["modules"], serde_json::to_value(&listed).unwrap());
+    let names: Vec<String> = listed
+        .iter()
+        .map(|m| format!("{}_{}", m.module, m.index))
+        .collect();
+    assert!(names == ["Display_1", "Occupancy_1"], "{names:?}");
+    assert!(listed.iter().all(|m| m.running));
+    let display = listed.iter().find(|m| m.module == "Display").unwrap();
+    assert_eq!(
+        (display.id.as_str(), display.driver.as_str()),
+        (d.as_str(), "Demo Display")
+    );
+    // Another tenant's or a missing system answers the same: not found.
+    let look = exec("lookup", vec![json!("sys-nope")]).await;
+    let e = last_event_for(&look).await;
+    assert!(e["error"].as_str().unwrap().contains("not found"), "{e}");
     f.engine.shutdown().await;
 }
 
@@ -1698,6 +1736,30 @@ fn the_harness_runs_cron_timers_in_the_chosen_time_zone() {
         h.advance(hour * 24);
         assert_eq!(h.status("cron_fired"), Some(json!(2)), "{zone}: daily");
     }
+}
+
+/// The harness answers system lookups as the test scripts them, and says when it has no
+/// answer.
+#[test]
+fn the_harness_answers_scripted_system_lookups() {
+    use crate::harness::Harness;
+    let mut h = Harness::builder(lintel_bundled_drivers::fixtures::MISBEHAVE.component)
+        .start()
+        .unwrap();
+    let system = json!({"id": "sys-1", "name": "Room", "zones": [], "modules": []});
+    h.answer_lookup(None, Ok(system.clone()));
+    let id = h.exec("lookup", json!([""])).unwrap();
+    assert_eq!(
+        h.status("last_event"),
+        Some(json!({"kind": "call_result", "id": id, "result": system}))
+    );
+    let id = h.exec("lookup", json!(["sys-2"])).unwrap();
+    assert_eq!(
+        h.status("last_event"),
+        Some(
+            json!({"kind": "call_result", "id": id, "error": "the test scripted no answer for system sys-2"})
+        )
+    );
 }
 
 /// WebSocket devices: each message is one `received`; the driver's sends go out as text;

@@ -802,7 +802,10 @@ mod tests {
             device
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(!writer.is_finished(), "64 MiB were taken in without the module reading");
+        assert!(
+            !writer.is_finished(),
+            "64 MiB were taken in without the module reading"
+        );
         let mut next = 0;
         while next < LINES {
             match events.recv_async().await.unwrap() {

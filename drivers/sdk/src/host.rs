@@ -155,6 +155,13 @@ pub fn call(target: ModuleRef, function: &str, args: &[Value]) -> Result<u64, St
     )
 }
 
+/// Look up a system (the module's own with `None`): its name, zones and modules. The
+/// answer arrives as [`HostEvent::CallResult`](crate::HostEvent::CallResult) with the
+/// returned id; parse it with [`SystemInfo::from_value`](crate::SystemInfo::from_value).
+pub fn lookup_system(system_id: Option<&str>) -> Result<u64, String> {
+    raw::lookup_system(system_id)
+}
+
 /// An HTTP request to the module's base `uri` (http transport only); the answer arrives
 /// as [`HostEvent::HttpResponse`](crate::HostEvent::HttpResponse) with the returned id.
 pub fn http_request(request: HttpRequest) -> Result<u64, String> {

@@ -182,16 +182,16 @@ pub mod __private;
 
 pub use types::{
     Answer, CallId, CommandId, Framing, Function, HostEvent, HttpRequest, HttpResponse, LogLevel,
-    Metadata, ModuleRef, NoSettings, Parameter, Schedule, SendOptions, StatusRef, Transport,
-    Verdict,
+    Metadata, ModuleRef, NoSettings, Parameter, Schedule, SendOptions, StatusRef, SystemInfo,
+    SystemModule, Transport, Verdict,
 };
 
 /// Everything a driver needs: `use lintel_driver_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::{
         Answer, CallId, CommandId, Driver, Framing, HostEvent, HttpRequest, HttpResponse, LogLevel,
-        ModuleRef, NoSettings, Schedule, SendOptions, StatusRef, Transport, Value, Verdict, driver,
-        export_driver, host, json, schemars, serde,
+        ModuleRef, NoSettings, Schedule, SendOptions, StatusRef, SystemInfo, SystemModule,
+        Transport, Value, Verdict, driver, export_driver, host, json, schemars, serde,
     };
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

@@ -279,6 +279,66 @@ pub struct ModuleRef {
     pub index: u32,
 }
 
+/// A system as [`crate::host::lookup_system`] answers it: parse the
+/// [`HostEvent::CallResult`] value with [`SystemInfo::from_value`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemInfo {
+    /// The system's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its zones, in order (the first is its building's, by convention).
+    pub zones: Vec<String>,
+    /// Its modules, in order.
+    pub modules: Vec<SystemModule>,
+}
+
+/// A module as its system lists it: `Display_2` is `{module: "Display", index: 2}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemModule {
+    /// The module's name in the system (its driver's module name, or its custom name).
+    pub module: String,
+    /// Its index among the system's modules of that name, from 1.
+    pub index: u32,
+    /// The module's id.
+    pub id: String,
+    /// Its driver's name.
+    pub driver: String,
+    /// Whether the engine runs it now.
+    pub running: bool,
+}
+
+impl SystemInfo {
+    /// The answer of a `lookup_system`, as `CallResult` delivers it.
+    pub fn from_value(value: Value) -> Result<Self, String> {
+        serde_json::from_value(value).map_err(|e| format!("system lookup answer: {e}"))
+    }
+
+    /// How many modules named `module` the system has (PlaceOS `system.count`).
+    pub fn count(&self, module: &str) -> usize {
+        self.all(module).count()
+    }
+
+    /// Every module named `module`, in index order (PlaceOS `system.all`).
+    pub fn all<'a>(&'a self, module: &'a str) -> impl Iterator<Item = &'a SystemModule> + 'a {
+        self.modules.iter().filter(move |m| m.module == module)
+    }
+
+    /// `module`_`index`, if the system has it (PlaceOS `system.exists?`).
+    pub fn get(&self, module: &str, index: u32) -> Option<&SystemModule> {
+        self.modules
+            .iter()
+            .find(|m| m.module == module && m.index == index)
+    }
+}
+
+impl SystemModule {
+    /// A reference to this module in system `system_id`, for [`crate::host::call`].
+    pub fn to_ref(&self, system_id: &str) -> ModuleRef {
+        ModuleRef::new(&self.module, self.index).in_system(system_id)
+    }
+}
+
 impl ModuleRef {
     /// `module`_`index` in the module's own system.
     pub fn new(module: &str, index: u32) -> Self {

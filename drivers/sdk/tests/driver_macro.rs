@@ -594,3 +594,36 @@ fn builders() {
         [("Content-Type".to_string(), "application/json".to_string())]
     );
 }
+
+#[test]
+fn system_lookups_answer_count_all_and_get() {
+    use lintel_driver_sdk::SystemInfo;
+    let info = SystemInfo::from_value(json!({
+        "id": "sys-1", "name": "Room 1", "zones": ["zone-b"],
+        "modules": [
+            {"module": "Display", "index": 1, "id": "mod-a", "driver": "D", "running": true},
+            {"module": "Camera", "index": 1, "id": "mod-b", "driver": "C", "running": false},
+            {"module": "Display", "index": 2, "id": "mod-c", "driver": "D", "running": true}
+        ]
+    }))
+    .unwrap();
+    assert_eq!(info.count("Display"), 2);
+    assert_eq!(
+        info.all("Display")
+            .map(|m| m.id.as_str())
+            .collect::<Vec<_>>(),
+        ["mod-a", "mod-c"]
+    );
+    assert_eq!(info.get("Display", 2).unwrap().id, "mod-c");
+    assert!(info.get("Display", 3).is_none());
+    let r = info.get("Camera", 1).unwrap().to_ref("sys-1");
+    assert_eq!(
+        (r.system.as_deref(), r.module.as_str(), r.index),
+        (Some("sys-1"), "Camera", 1)
+    );
+    assert!(
+        SystemInfo::from_value(json!({"id": 1}))
+            .unwrap_err()
+            .contains("system lookup answer")
+    );
+}
