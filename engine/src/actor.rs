@@ -348,9 +348,28 @@ impl ModuleActor {
                     ev
                 } else {
                     let sleep = deadline.map(|d| self.clock.sleep_until(d));
+                    // Commands held back while the transport was full go out when it has
+                    // room again.
+                    let stalled = instance
+                        .as_ref()
+                        .is_some_and(|i| i.store.data().host.queue.stalled());
+                    let room = async {
+                        match &self.outbound {
+                            Some(out) if stalled => drop(out.reserve().await),
+                            _ => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         biased;
                         _ = self.cancel.cancelled() => break,
+                        _ = room => {
+                            if let Some(inst) = instance.as_mut()
+                                && let Err(t) = Box::pin(self.tick(inst, &mut run)).await
+                            {
+                                self.crashed(&mut instance, &mut run, t, None, &mut backoff, &mut retry_at);
+                            }
+                            continue;
+                        }
                         _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
                             if let Some(inst) = instance.as_mut()
                                 && let Err(t) = Box::pin(self.tick(inst, &mut run)).await
@@ -686,8 +705,10 @@ impl ModuleActor {
     /// Time passed: fire due timers, time out commands, publish held-back status.
     async fn tick(&mut self, inst: &mut Instance, run: &mut Running) -> Result<(), Trap> {
         let now = self.clock.now();
+        let room = self.write_room();
         let host = &mut inst.store.data_mut().host;
         host.now = now;
+        host.queue.set_room(room);
         let mut out = Vec::new();
         host.queue.tick(now.mono_ms, &mut out);
         host.queue_actions(out);
@@ -701,6 +722,11 @@ impl ModuleActor {
         Ok(())
     }
 
+    /// Writes the transport can take now (unbounded without one: sends are refused then).
+    fn write_room(&self) -> usize {
+        self.outbound.as_ref().map_or(usize::MAX, |o| o.capacity())
+    }
+
     /// Call into the guest under the per-event budget, then carry out what it asked for.
     async fn guest_call<T>(
         &self,
@@ -712,9 +738,11 @@ impl ModuleActor {
         ) -> wasmtime::Result<T>,
     ) -> Result<T, Trap> {
         {
+            let room = self.write_room();
             let host = &mut inst.store.data_mut().host;
             host.now = self.clock.now();
             host.connected = run.connected;
+            host.queue.set_room(room);
         }
         inst.arm();
         let guest = inst.guest().clone();

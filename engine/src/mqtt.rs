@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actor::{Event, HostEvent};
 use crate::state::ModuleStatus;
 use crate::tls::TlsClient;
-use crate::transport::{BACKOFF_MAX, BACKOFF_MIN, CONNECTION_ERROR_KEY, MAX_FRAME_BYTES};
+use crate::transport::{Backoff, CONNECTION_ERROR_KEY, MAX_FRAME_BYTES};
 
 /// Largest MQTT packet read from the broker: a bigger one ends the session.
 pub const MAX_PACKET_BYTES: usize = 1024 * 1024;
@@ -229,7 +229,7 @@ impl MqttTask {
 
     pub async fn run(mut self) {
         self.status.set("connected", Value::Bool(false));
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         let mut connected = false;
         loop {
             let polled = tokio::select! {
@@ -238,7 +238,7 @@ impl MqttTask {
             };
             match polled {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     connected = true;
                     tracing::info!(module = %self.module_id, host = %self.broker.host, port = self.broker.port, "MQTT broker connected");
                     self.report(None);
@@ -287,7 +287,7 @@ impl MqttTask {
                         self.broker.port,
                         describe(&e)
                     );
-                    tracing::warn!(module = %self.module_id, error = %why, retry_in_ms = backoff.as_millis() as u64, "MQTT broker unreachable");
+                    tracing::warn!(module = %self.module_id, error = %why, retry_in_ms = backoff.peek().as_millis() as u64, "MQTT broker unreachable");
                     self.report(Some(why));
                     if connected {
                         connected = false;
@@ -295,8 +295,7 @@ impl MqttTask {
                             break;
                         }
                     }
-                    let wait = backoff.mul_f64(rand::random::<f64>() * 0.3 + 0.85);
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    let wait = backoff.wait();
                     tokio::select! {
                         _ = self.cancel.cancelled() => break,
                         _ = tokio::time::sleep(wait) => {}

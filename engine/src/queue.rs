@@ -76,6 +76,9 @@ pub struct CommandQueue {
     hold_until_ms: u64,
     capacity: usize,
     next_id: u64,
+    /// Writes the transport can take now (its bounded channel's free slots): queued
+    /// commands wait here, not in the transport, while it is full.
+    room: usize,
 }
 
 impl CommandQueue {
@@ -86,7 +89,18 @@ impl CommandQueue {
             hold_until_ms: 0,
             capacity,
             next_id: 1,
+            room: usize::MAX,
         }
+    }
+
+    /// How many writes the transport can take now.
+    pub fn set_room(&mut self, room: usize) {
+        self.room = room;
+    }
+
+    /// Commands are waiting for room in the transport (wake up when there is some).
+    pub fn stalled(&self) -> bool {
+        self.room == 0 && self.in_flight.is_none() && !self.queued.is_empty()
     }
 
     /// Change the bound (commands already queued stay).
@@ -160,14 +174,15 @@ impl CommandQueue {
         Ok((id, replaced))
     }
 
-    /// Write what may be written now: commands in order until one waits for its answer
-    /// or asks for a delay.
+    /// Write what may be written now: commands in order until one waits for its answer,
+    /// asks for a delay, or the transport has no room.
     pub fn pump(&mut self, now_ms: u64, out: &mut Vec<QueueAction>) {
-        while self.in_flight.is_none() && now_ms >= self.hold_until_ms {
+        while self.in_flight.is_none() && now_ms >= self.hold_until_ms && self.room > 0 {
             let Some(mut cmd) = self.queued.pop_front() else {
                 return;
             };
             cmd.attempts += 1;
+            self.room -= 1;
             out.push(QueueAction::Write(cmd.data.clone()));
             if cmd.opts.delay_ms > 0 {
                 self.hold_until_ms = now_ms + u64::from(cmd.opts.delay_ms);
@@ -213,6 +228,8 @@ impl CommandQueue {
             return;
         }
         f.cmd.attempts += 1;
+        // A resend goes out even with no room counted: it replaces its own earlier write.
+        self.room = self.room.saturating_sub(1);
         out.push(QueueAction::Write(f.cmd.data.clone()));
         f.deadline_ms = now_ms + u64::from(f.cmd.opts.timeout_ms.max(1));
         self.in_flight = Some(f);
@@ -440,5 +457,39 @@ mod tests {
         q.clear("disconnected", &mut out);
         assert_eq!(out, vec![QueueAction::Done(a, Err("disconnected".into()))]);
         assert!(q.is_empty());
+    }
+
+    /// While the transport is full, commands stay queued (and the queue's bound refuses
+    /// new ones with a clear error) rather than being written into a full channel.
+    #[test]
+    fn commands_wait_for_room_in_the_transport() {
+        let mut q = CommandQueue::new(3);
+        let mut out = vec![];
+        q.set_room(1);
+        for c in [b"A", b"B", b"C"] {
+            q.push(c.to_vec(), opts()).unwrap();
+        }
+        q.pump(0, &mut out);
+        assert_eq!(out, vec![QueueAction::Write(b"A".to_vec())]);
+        assert!(q.stalled());
+        q.push(b"D".to_vec(), opts()).unwrap();
+        let e = q.push(b"E".to_vec(), opts()).unwrap_err();
+        assert_eq!(e, "command queue full (3 commands waiting)");
+        out.clear();
+        q.set_room(2);
+        q.pump(0, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                QueueAction::Write(b"B".to_vec()),
+                QueueAction::Write(b"C".to_vec())
+            ]
+        );
+        assert!(q.stalled());
+        out.clear();
+        q.set_room(usize::MAX);
+        q.pump(0, &mut out);
+        assert_eq!(out, vec![QueueAction::Write(b"D".to_vec())]);
+        assert!(!q.stalled() && q.is_empty());
     }
 }

@@ -2305,3 +2305,60 @@ async fn pings_probe_the_device_address() {
     ));
     drop(listener);
 }
+
+/// A device that stops reading: once TCP and the transport's channel are full, commands
+/// wait in the module's queue and then `send` is refused ("command queue full"), so the
+/// driver knows; nothing it was told was queued is dropped: when the device reads again,
+/// every accepted line arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stops_reading_fills_the_queue_and_loses_nothing() {
+    use lintel_bundled_drivers::fixtures::VERSIONED_V1;
+    use tokio::io::AsyncBufReadExt;
+    let f = demo_fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let m = add_module(
+        &f.engine,
+        &f.tenant,
+        &f.system,
+        VERSIONED_V1.component,
+        Some(&format!("tcp://{addr}")),
+        json!({}),
+    )
+    .await;
+    f.engine.start_all().await.unwrap();
+    let (device, _) = listener.accept().await.unwrap();
+    wait_for(&f.engine, &f.tenant, &m.id, "connected", json!(true)).await;
+    let mut debug = f.engine.debug(&f.tenant, &m.id).unwrap();
+
+    // 32 KiB lines until the driver is refused.
+    let pad = "x".repeat(32 * 1024);
+    let mut accepted = 0usize;
+    let refusal = loop {
+        let line = format!("{accepted:06}{pad}");
+        match f.exec(&m.id, "say", vec![json!(line)]).await {
+            Ok(_) => accepted += 1,
+            Err(e) => break e.to_string(),
+        }
+        assert!(accepted < 100_000, "never refused");
+    };
+    assert!(refusal.contains("command queue full"), "{refusal}");
+    assert!(accepted > 64, "{accepted}");
+
+    // The device reads again: the greeting, then every accepted line, in order.
+    let mut lines = tokio::io::BufReader::new(device).lines();
+    assert_eq!(lines.next_line().await.unwrap().unwrap(), "HELLO v1");
+    for i in 0..accepted {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("the held-back lines arrive")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&line[..6], format!("{i:06}"), "line {i} of {accepted}");
+    }
+    // No command was dropped on the way.
+    while let Ok(l) = debug.try_recv() {
+        assert!(!l.message.contains("command dropped"), "{}", l.message);
+    }
+    f.engine.shutdown().await;
+}

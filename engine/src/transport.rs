@@ -26,8 +26,41 @@ pub(crate) const MAX_BATCH_BYTES: usize = 16 * 1024;
 /// Status key holding why the device cannot be reached (null once it can).
 pub const CONNECTION_ERROR_KEY: &str = "connection_error";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(500);
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Reconnection delays: from 0.5 s, doubling to 30 s, each within ±15 % (so modules that
+/// lost one gateway together do not come back in step).
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    /// The next delay to wait (before jitter), for logs.
+    pub fn peek(&self) -> Duration {
+        self.next
+    }
+
+    /// The delay to wait now; the next one doubles.
+    pub fn wait(&mut self) -> Duration {
+        let jitter = rand::random::<f64>() * 0.3 + 0.85;
+        let wait = self.next.mul_f64(jitter);
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    /// Connected: start over from the shortest delay.
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
 
 /// How the byte stream is cut into messages (from the driver's metadata).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -375,7 +408,7 @@ pub(crate) struct TransportTask {
 
 impl TransportTask {
     pub async fn run(mut self) {
-        let mut backoff = BACKOFF_MIN;
+        let mut backoff = Backoff::default();
         self.status.set("connected", serde_json::Value::Bool(false));
         // Make-break, between connections: the write that opens the next one.
         let mut idle = false;
@@ -397,7 +430,7 @@ impl TransportTask {
             };
             match attempt {
                 Ok(conn) => {
-                    backoff = BACKOFF_MIN;
+                    backoff.reset();
                     if self.makebreak.is_some() {
                         tracing::debug!(module = %self.module_id, "device connected");
                     } else {
@@ -426,7 +459,7 @@ impl TransportTask {
                     let _ = self.events.send_async(Event::Disconnected).await;
                 }
                 Err(e) => {
-                    tracing::warn!(module = %self.module_id, error = %e, retry_in_ms = backoff.as_millis() as u64, "device unreachable");
+                    tracing::warn!(module = %self.module_id, error = %e, retry_in_ms = backoff.peek().as_millis() as u64, "device unreachable");
                     self.report(Some(e));
                     if self.makebreak.is_some() {
                         // Offline: what is queued fails; the next send tries again.
@@ -440,9 +473,7 @@ impl TransportTask {
                     }
                 }
             }
-            let jitter = rand::random::<f64>() * 0.3 + 0.85;
-            let wait = backoff.mul_f64(jitter);
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            let wait = backoff.wait();
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -763,6 +794,29 @@ mod tests {
         // 200 lines of 1,000 bytes: the byte bound ends a batch. It takes frames while it
         // holds less than 16 KiB, so the 17th frame (16,016 bytes before it) is its last.
         assert_eq!(largest_batch(200, 1000).await, 17);
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_jitter_and_resets() {
+        let mut b = Backoff::default();
+        let mut nominal = BACKOFF_MIN;
+        let mut waits = Vec::new();
+        for _ in 0..12 {
+            let w = b.wait();
+            assert!(
+                w >= nominal.mul_f64(0.85) && w <= nominal.mul_f64(1.15),
+                "{w:?} for {nominal:?}"
+            );
+            waits.push(w);
+            nominal = (nominal * 2).min(BACKOFF_MAX);
+        }
+        // 0.5, 1, 2, 4, 8, 16, then 30 s from the 7th on.
+        assert_eq!(b.peek(), BACKOFF_MAX);
+        assert!(waits[6] >= BACKOFF_MAX.mul_f64(0.85));
+        // Jittered: not every capped delay is the same.
+        assert!(waits[6..].windows(2).any(|w| w[0] != w[1]), "{waits:?}");
+        b.reset();
+        assert_eq!(b.peek(), BACKOFF_MIN);
     }
 
     /// A device that sends faster than its module takes events (here: not at all) is held
