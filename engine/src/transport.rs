@@ -830,20 +830,8 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (events_tx, events) = flume::bounded(4);
-        let (_outbound_tx, outbound) = mpsc::channel(4);
-        let cancel = CancellationToken::new();
-        let task = TransportTask {
-            module_id: "mod-t".into(),
-            target: Target::parse(&format!("tcp://{addr}")).unwrap(),
-            framing: Framing::Delimiter(b"\n".to_vec()),
-            endpoints: Default::default(),
-            events: events_tx,
-            outbound,
-            status: crate::state::StatusBus::default().module("mod-t"),
-            cancel: cancel.clone(),
-            tls: None,
-            makebreak: None,
-        };
+        let (task, cancel, _outbound) =
+            line_task(&format!("tcp://{addr}"), Default::default(), events_tx);
         let running = tokio::spawn(task.run());
         let (mut device, _) = listener.accept().await.unwrap();
         let writer = tokio::spawn(async move {
@@ -878,6 +866,30 @@ mod tests {
         running.await.unwrap();
     }
 
+    /// A transport of `\n`-terminated lines to `uri`; keep the sender it returns (the
+    /// transport stops when its outbound channel closes).
+    fn line_task(
+        uri: &str,
+        endpoints: Endpoints,
+        events: flume::Sender<Event>,
+    ) -> (TransportTask, CancellationToken, mpsc::Sender<Outbound>) {
+        let (outbound_tx, outbound) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let task = TransportTask {
+            module_id: "mod-t".into(),
+            target: Target::parse(uri).unwrap(),
+            framing: Framing::Delimiter(b"\n".to_vec()),
+            endpoints,
+            events,
+            outbound,
+            status: crate::state::StatusBus::default().module("mod-t"),
+            cancel: cancel.clone(),
+            tls: None,
+            makebreak: None,
+        };
+        (task, cancel, outbound_tx)
+    }
+
     /// Writes `count` lines of `len` bytes before the transport reads any of them; checks
     /// every frame arrives in order within the bounds; returns the largest batch.
     async fn largest_batch(count: usize, len: usize) -> usize {
@@ -892,20 +904,7 @@ mod tests {
             }),
         );
         let (events_tx, events) = flume::bounded(1024);
-        let (_outbound_tx, outbound) = mpsc::channel(4);
-        let cancel = CancellationToken::new();
-        let task = TransportTask {
-            module_id: "mod-t".into(),
-            target: Target::parse("sim://dev").unwrap(),
-            framing: Framing::Delimiter(b"\n".to_vec()),
-            endpoints,
-            events: events_tx,
-            outbound,
-            status: crate::state::StatusBus::default().module("mod-t"),
-            cancel: cancel.clone(),
-            tls: None,
-            makebreak: None,
-        };
+        let (task, cancel, _outbound) = line_task("sim://dev", endpoints, events_tx);
         let running = tokio::spawn(task.run());
         let mut device = device_rx.recv().await.unwrap();
         assert!(matches!(events.recv_async().await, Ok(Event::Connected)));
