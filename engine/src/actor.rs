@@ -359,18 +359,16 @@ impl ModuleActor {
                             _ => std::future::pending().await,
                         }
                     };
+                    let wake = async {
+                        match sleep {
+                            Some(sleep) => tokio::select! { _ = sleep => {}, _ = room => {} },
+                            None => room.await,
+                        }
+                    };
                     tokio::select! {
                         biased;
                         _ = self.cancel.cancelled() => break,
-                        _ = room => {
-                            if let Some(inst) = instance.as_mut()
-                                && let Err(t) = Box::pin(self.tick(inst, &mut run)).await
-                            {
-                                self.crashed(&mut instance, &mut run, t, None, &mut backoff, &mut retry_at);
-                            }
-                            continue;
-                        }
-                        _ = async { sleep.expect("guarded").await }, if sleep.is_some() => {
+                        _ = wake, if deadline.is_some() || stalled => {
                             if let Some(inst) = instance.as_mut()
                                 && let Err(t) = Box::pin(self.tick(inst, &mut run)).await
                             {

@@ -1060,9 +1060,11 @@ impl Engine {
     }
 
     /// Follow a module's log lines (PlaceOS `debug`): every line its driver logs from now
-    /// on, and the engine's own lines about it (a dropped command). A reader more than
-    /// `DEBUG_LINES` behind is told it lagged; the stream ends when the module stops or
-    /// restarts (debug it again to follow the new run).
+    /// on, and the engine's own lines about it (a write its stopped transport could not
+    /// take). A reader more than `DEBUG_LINES` behind is told it lagged. The stream goes on
+    /// through the sandbox restarting a crashed driver, and ends when the module is stopped
+    /// or started anew (a config change that restarts it): debug it again to follow the new
+    /// run.
     pub fn debug(
         &self,
         tenant_id: &str,
@@ -1263,8 +1265,6 @@ pub(crate) fn check_arguments(f: &FunctionInfo, args: &[Value]) -> Result<()> {
     Ok(())
 }
 
-/// The settings a module's transport is opened with; when they change, it is reopened
-/// (other settings reach the driver with `on-update`).
 /// The settings a module's connection is opened with: a change to any of them reopens it
 /// (a restart) rather than reaching the driver's `on-update`. Read from the public
 /// settings or, where the driver declares one a secret, from its secrets.

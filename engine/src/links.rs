@@ -71,7 +71,8 @@ impl HttpDevice {
                 .or_else(|| settings.secrets.get(key))
                 .filter(|v| !v.is_null())
         };
-        let client = match setting("tls") {
+        // Read like every transport's `tls` (public settings: certificates are not secret).
+        let client = match settings.public.get("tls").filter(|v| !v.is_null()) {
             None => shared.clone(),
             Some(_) => {
                 let tls = crate::tls::TlsClient::from_settings(&settings.public)?;

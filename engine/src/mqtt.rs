@@ -303,8 +303,8 @@ impl MqttTask {
                 }
             }
         }
-        // Polite on the way out; the broker drops the session either way.
-        let _ = self.subscriptions.client.try_disconnect();
+        // Dropping the event loop closes the connection; the session is clean, so the
+        // broker keeps nothing of it.
     }
 
     /// A new session: subscribe to every filter the driver asked for.
