@@ -128,13 +128,30 @@ pub fn new_id(kind: IdKind) -> String {
 }
 
 /// An id that sorts by creation time: the prefix, 12 hex digits of milliseconds since the
-/// epoch, then random characters. Used for audit entries so that id order is time order.
+/// epoch, 4 hex digits of a sequence within that millisecond, then random characters. Used
+/// for audit entries so that id order is time order: within one process, each id sorts
+/// after the one before, even in the same millisecond (or with the clock stepped back);
+/// across processes, ids of the same millisecond are ordered arbitrarily.
 pub fn new_time_ordered_id(kind: IdKind, unix_ms: i64) -> String {
+    static LAST: std::sync::Mutex<(i64, u32)> = std::sync::Mutex::new((0, 0));
+    let (ms, seq) = {
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        let ms = unix_ms.max(0);
+        *last = if ms > last.0 {
+            (ms, 0)
+        } else if last.1 < 0xffff {
+            (last.0, last.1 + 1)
+        } else {
+            // 65,536 ids in one millisecond: borrow the next one.
+            (last.0 + 1, 0)
+        };
+        *last
+    };
     let mut rng = rand::thread_rng();
-    let suffix: String = (0..8)
+    let suffix: String = (0..4)
         .map(|_| rng.sample(rand::distributions::Alphanumeric) as char)
         .collect();
-    format!("{}-{:012x}{}", kind.prefix(), unix_ms.max(0), suffix)
+    format!("{}-{ms:012x}{seq:04x}{suffix}", kind.prefix())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -229,6 +246,17 @@ mod tests {
             new_time_ordered_id(IdKind::Audit, 2_000),
         );
         assert!(a < b && IdKind::Audit.is_valid_id(&a), "{a} {b}");
+        // Within one millisecond, and with the clock stepped back, ids still grow.
+        let mut prev = new_time_ordered_id(IdKind::Audit, 5_000);
+        for ms in [5_000, 5_000, 4_000, 5_000]
+            .into_iter()
+            .cycle()
+            .take(100_000)
+        {
+            let next = new_time_ordered_id(IdKind::Audit, ms);
+            assert!(next > prev, "{prev} then {next}");
+            prev = next;
+        }
         assert!(!IdKind::System.is_valid_id("mod-abc"));
         assert!(!IdKind::System.is_valid_id("sys-"));
         assert!(!IdKind::System.is_valid_id("sys-../../etc"));
