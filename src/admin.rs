@@ -297,14 +297,6 @@ async fn upload_driver(
         )
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let modules: Vec<serde_json::Value> = report
-        .modules
-        .iter()
-        .map(|(id, r)| match r {
-            Ok(()) => serde_json::json!({"module": id}),
-            Err(e) => serde_json::json!({"module": id, "error": e}),
-        })
-        .collect();
     tracing::info!(
         tenant = %tenant,
         driver = %report.driver.id,
@@ -312,21 +304,10 @@ async fn upload_driver(
         version = %report.info.version,
         hash = %report.driver.component_hash,
         created,
-        modules = modules.len(),
+        modules = report.modules.len(),
         "driver uploaded over the admin socket"
     );
-    Ok(serde_json::json!({
-        "tenant": tenant,
-        "created": created,
-        "driver": {
-            "id": report.driver.id,
-            "name": report.info.name,
-            "version": report.info.version,
-            "abi": report.info.abi,
-            "hash": report.driver.component_hash,
-        },
-        "modules": modules,
-    }))
+    Ok(report.summary(&tenant, created))
 }
 
 /// Send a driver component to the server on `data_dir` (`lintel driver upload`); returns

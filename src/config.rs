@@ -60,6 +60,9 @@ pub struct Http {
     /// The URL browsers reach Lintel by (`https://rooms.example.com`), for single-sign-on
     /// redirects; unset = taken from each request's Host.
     pub public_url: Option<String>,
+    /// Browser origins (`https://app.example.com`) allowed to call the API from another
+    /// site (CORS); empty = none, `["*"]` = any (credentials are headers, never cookies).
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -200,6 +203,7 @@ impl Default for Config {
                 workers: 0,
                 shutdown_timeout_secs: 10,
                 public_url: None,
+                cors_origins: Vec::new(),
             },
             log: Log {
                 format: LogFormat::Human,
@@ -335,6 +339,14 @@ impl Config {
                 "http.max_body_bytes",
                 "must be between 1024 and 268435456",
             ));
+        }
+        for origin in &self.http.cors_origins {
+            if !lintel_api::valid_cors_origin(origin) {
+                return Err(invalid(
+                    "http.cors_origins",
+                    format!("`{origin}` is not an origin (scheme://host[:port], or `*`)"),
+                ));
+            }
         }
         if self.http.shutdown_timeout_secs > 600 {
             return Err(invalid("http.shutdown_timeout_secs", "must be at most 600"));

@@ -166,6 +166,7 @@ pub async fn serve(
         max_body_bytes: cfg.http.max_body_bytes,
         workers: cfg.http.workers,
         shutdown_timeout: Duration::from_secs(cfg.http.shutdown_timeout_secs),
+        cors_origins: cfg.http.cors_origins.clone(),
     };
     let state = AppState {
         engine: engine.clone(),
@@ -180,6 +181,7 @@ pub async fn serve(
         public_url: cfg.http.public_url.clone(),
         metrics,
         version: env!("CARGO_PKG_VERSION"),
+        users: AppState::users_cache(&store),
     };
     let server =
         lintel_api::serve(listener, &http, state).context("cannot start the HTTP server")?;

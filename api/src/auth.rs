@@ -1,6 +1,6 @@
 //! Authentication and authorization: the one place a request becomes a [`Principal`] and
 //! the one place its permission for the route is decided (the route's entry in
-//! [`crate::routes::PERMISSIONS`]; a route without one is refused, so none is forgotten).
+//! [`crate::endpoints::ENDPOINTS`]; a route without one is refused, so none is forgotten).
 
 use crate::{ApiError, AppState};
 use actix_web::{FromRequest, HttpRequest, dev::Payload, http::header, web};
@@ -59,7 +59,7 @@ impl FromRequest for Authenticated {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let credential = presented(req);
-        let permission = crate::routes::permission(req.method(), req.match_pattern().as_deref());
+        let permission = crate::endpoints::permission(req.method(), req.match_pattern().as_deref());
         let switch_tenant = req
             .headers()
             .get(TENANT_HEADER)
@@ -129,12 +129,20 @@ async fn from_api_key(state: &AppState, presented: &str) -> Result<Principal, Ap
     })
 }
 
-/// The user a credential names, if it still exists and may sign in.
+/// The user a credential names, if it still exists and may sign in (read through the
+/// users cache: a change through this process is seen at once, another's within 5 s).
 async fn live_user(state: &AppState, tenant_id: &str, user_id: &str) -> Result<User, ApiError> {
-    let user: User =
-        state.store.get(tenant_id, user_id).await?.ok_or_else(|| {
-            ApiError::Unauthorized("the credential's user no longer exists".into())
-        })?;
+    let key = (tenant_id.to_owned(), user_id.to_owned());
+    let found = match state.users.get(&key) {
+        Ok(found) => found,
+        Err(ticket) => {
+            let found: Option<User> = state.store.get(tenant_id, user_id).await?;
+            state.users.insert(key, found.clone(), ticket);
+            found
+        }
+    };
+    let user = found
+        .ok_or_else(|| ApiError::Unauthorized("the credential's user no longer exists".into()))?;
     if user.disabled {
         return Err(ApiError::Unauthorized("the account is disabled".into()));
     }

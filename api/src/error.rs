@@ -23,6 +23,8 @@ pub enum ApiError {
     #[error("request body exceeds the {0}-byte limit")]
     PayloadTooLarge(usize),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     Driver(String),
     #[error("{0}")]
     Timeout(String),
@@ -54,6 +56,7 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Driver(_) => "driver_error",
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
@@ -73,6 +76,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Driver(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

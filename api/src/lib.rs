@@ -2,7 +2,11 @@
 //! `/api/engine/v2`, the OAuth2 token endpoint, health, readiness and Prometheus metrics.
 
 mod auth;
+mod control;
+mod endpoints;
 mod error;
+mod export;
+pub mod openapi;
 mod resources;
 mod routes;
 mod sso;
@@ -13,7 +17,7 @@ pub use error::ApiError;
 use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::middleware::{Next, from_fn};
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next, from_fn};
 use actix_web::{App, HttpServer, web};
 use lintel_auth::{
     ApiKeys, Keyring, LoginLimiter, OidcClient, PasswordHasher, Sessions, TokenService,
@@ -41,6 +45,25 @@ pub struct AppState {
     pub public_url: Option<String>,
     pub metrics: Option<PrometheusHandle>,
     pub version: &'static str,
+    /// Users by `(tenant, id)`, as credentials are checked on every request: see
+    /// [`AppState::users_cache`].
+    pub users: lintel_store::FeedCache<(String, String), Option<lintel_model::User>>,
+}
+
+impl AppState {
+    /// The users cache for [`AppState::users`]: emptied by any user change through this
+    /// process, entries trusted at most 5 s (another process's change, e.g. a disabled
+    /// account, is seen within that).
+    pub fn users_cache(
+        store: &Arc<dyn Store>,
+    ) -> lintel_store::FeedCache<(String, String), Option<lintel_model::User>> {
+        lintel_store::FeedCache::new(
+            store.changes(),
+            &[lintel_model::IdKind::User],
+            Duration::from_secs(5),
+            10_000,
+        )
+    }
 }
 
 /// A scrypt hash (N=2^17) of a random password nobody knows: verified for unknown users,
@@ -57,6 +80,53 @@ pub struct HttpConfig {
     pub workers: usize,
     /// How long graceful shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// Browser origins allowed to call the API from other sites (CORS); `*` = any.
+    pub cors_origins: Vec<String>,
+}
+
+/// Whether `origin` is a CORS origin: `*`, or `scheme://host[:port]` with nothing after.
+pub fn valid_cors_origin(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && rest
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}
+
+/// The CORS policy: nothing allowed unless origins are configured. Credentials travel in
+/// headers (`Authorization`, `X-API-Key`), so cookies are never allowed cross-site.
+fn cors(origins: &[String]) -> actix_cors::Cors {
+    let mut c = actix_cors::Cors::default()
+        .allowed_methods(["GET", "POST", "PUT", "PATCH", "DELETE"])
+        .allowed_headers([
+            actix_web::http::header::AUTHORIZATION,
+            actix_web::http::header::CONTENT_TYPE,
+            actix_web::http::header::ACCEPT,
+            HeaderName::from_static("x-api-key"),
+            REQUEST_ID,
+        ])
+        .expose_headers([
+            "X-Total-Count",
+            "Content-Range",
+            "Link",
+            "X-Next-Cursor",
+            "X-Request-Id",
+        ])
+        .max_age(3600);
+    for o in origins {
+        c = if o == "*" {
+            c.allow_any_origin()
+        } else {
+            c.allowed_origin(o)
+        };
+    }
+    c
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -88,11 +158,49 @@ async fn observe(
     Ok(res)
 }
 
+/// A client error actix answered itself (a body over the limit, a method the path does
+/// not take) gets the one error format too.
+fn json_error<B>(
+    res: ServiceResponse<B>,
+    max_body: usize,
+) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let json = res
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let status = res.status();
+    if json || status.is_success() {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let error = match status.as_u16() {
+        413 if res.request().path().ends_with("/upload") => {
+            ApiError::PayloadTooLarge(control::MAX_COMPONENT_BYTES)
+        }
+        413 => ApiError::PayloadTooLarge(max_body),
+        405 => ApiError::MethodNotAllowed(format!(
+            "{} is not allowed on {}",
+            res.request().method(),
+            res.request().path()
+        )),
+        404 => ApiError::NotFound(format!("no route for {}", res.request().path())),
+        _ => ApiError::BadRequest(
+            status
+                .canonical_reason()
+                .unwrap_or("bad request")
+                .to_string(),
+        ),
+    };
+    let (req, _) = res.into_parts();
+    let res = ServiceResponse::new(req, actix_web::ResponseError::error_response(&error));
+    Ok(ErrorHandlerResponse::Response(res.map_into_right_body()))
+}
+
 /// Serve the API on an already-bound listener (bound first, so a taken port fails before
 /// anything is written). The returned server runs when awaited; stop it with its handle.
 pub fn serve(listener: TcpListener, cfg: &HttpConfig, state: AppState) -> std::io::Result<Server> {
     let state = web::Data::new(state);
     let max_body = cfg.max_body_bytes;
+    let origins = cfg.cors_origins.clone();
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -101,8 +209,14 @@ pub fn serve(listener: TcpListener, cfg: &HttpConfig, state: AppState) -> std::i
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
                 ApiError::BadRequest(format!("bad query string: {e}")).into()
             }))
+            .app_data(
+                web::PathConfig::default()
+                    .error_handler(|e, _| ApiError::BadRequest(format!("bad path: {e}")).into()),
+            )
+            .wrap(ErrorHandlers::new().default_handler_client(move |res| json_error(res, max_body)))
+            .wrap(cors(&origins))
             .wrap(from_fn(observe))
-            .configure(routes::configure)
+            .configure(|c| endpoints::configure(c, max_body))
             .default_service(web::to(routes::not_found))
     })
     .disable_signals()

@@ -6,7 +6,7 @@
 use crate::auth::Authenticated;
 use crate::routes::{list_options, paged};
 use crate::{ApiError, AppState};
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use lintel_auth::policy::{self, may_read_setting};
 use lintel_auth::{NewApiKey, Principal, SealContext};
 use lintel_model::{
@@ -14,7 +14,7 @@ use lintel_model::{
     Module, REDACTED, Record, Role, Settings, SettingsBody, Tenant, Trigger, User, Zone, new_id,
 };
 use lintel_store::StoreExt;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -44,9 +44,27 @@ pub trait ApiResource: Record {
     }
 }
 
+/// A record from a JSON object. A field of the wrong type is a 400 naming the field (its
+/// path), and so is a field the record does not have: nothing is silently dropped.
 fn from_map<R: serde::de::DeserializeOwned>(input: Map<String, Value>) -> Result<R> {
-    serde_json::from_value(Value::Object(input))
-        .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+    let mut unknown = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let de = serde_ignored::Deserializer::new(Value::Object(input), &mut note);
+    let record = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::BadRequest(format!("invalid field `{path}`: {}", e.into_inner()))
+    })?;
+    if !unknown.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "unknown field(s): {}",
+            unknown
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(record)
 }
 
 fn body_object(body: &web::Bytes) -> Result<Map<String, Value>> {
@@ -77,19 +95,95 @@ async fn load<R: ApiResource>(state: &AppState, p: &Principal, id: &str) -> Resu
 pub async fn list<R: ApiResource>(
     state: web::Data<AppState>,
     Authenticated(p): Authenticated,
+    req: HttpRequest,
     params: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse> {
     let mut opts = list_options(&params)?;
-    if let Some((param, index)) = R::FILTERS.iter().find(|(q, _)| params.contains_key(*q)) {
+    let mut filters = R::FILTERS.iter().filter(|(q, _)| params.contains_key(*q));
+    if let Some((param, index)) = filters.next() {
         opts.index = Some((index.to_string(), params[*param].clone()));
     }
-    let page = state.store.list::<R>(&p.tenant_id, opts).await?;
+    if let Some((second, _)) = filters.next() {
+        return Err(ApiError::BadRequest(format!(
+            "filter by one of {} at a time (`{second}` too)",
+            R::FILTERS
+                .iter()
+                .map(|(q, _)| format!("`{q}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    match params.get("deleted").map(String::as_str) {
+        None | Some("false") => {}
+        Some("true") => {
+            crate::control::require_admin(&p)?;
+            opts.deleted = true;
+        }
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "`deleted` must be true or false".into(),
+            ));
+        }
+    }
+    let page = state.store.list::<R>(&p.tenant_id, opts.clone()).await?;
     let items = page
         .items
         .iter()
         .map(|r| r.view(&state, &p))
         .collect::<Result<Vec<_>>>()?;
-    Ok(paged(page.total, page.next.as_deref()).json(items))
+    Ok(paged(
+        &req,
+        R::KIND,
+        &opts,
+        items.len(),
+        page.total,
+        page.next.as_deref(),
+    )
+    .json(items))
+}
+
+/// `POST /…/:id/restore` (admins): bring back a soft-deleted record until it is purged.
+pub async fn restore<R: ApiResource>(
+    state: web::Data<AppState>,
+    Authenticated(p): Authenticated,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    crate::control::require_admin(&p)?;
+    if !R::KIND.is_valid_id(&id) {
+        return Err(not_found::<R>(&id));
+    }
+    let record = state
+        .store
+        .restore::<R>(&p.actor(), &p.tenant_id, &id)
+        .await?;
+    Ok(HttpResponse::Ok().json(record.view(&state, &p)?))
+}
+
+/// `?version=N`, as PlaceOS clients send it with every update (`0` = not known: the
+/// `@placeos/ts-client` sends it for a record it has no version of).
+fn version_param(params: &HashMap<String, String>) -> Result<Option<u64>> {
+    match params.get("version") {
+        None => Ok(None),
+        Some(v) => match v.parse::<u64>() {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => Err(ApiError::BadRequest(format!(
+                "`version` must be a whole number, got `{}`",
+                v.chars().take(40).collect::<String>()
+            ))),
+        },
+    }
+}
+
+/// A stale `?version=` is a 409 before anything is changed.
+fn check_version<R: Record>(current: &R, wanted: Option<u64>) -> Result<()> {
+    match wanted {
+        Some(v) if v != current.version() => Err(ApiError::Conflict(format!(
+            "version {v} is stale: the record is at version {}",
+            current.version()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 pub async fn show<R: ApiResource>(
@@ -161,9 +255,11 @@ pub async fn update<R: ApiResource>(
     state: web::Data<AppState>,
     Authenticated(p): Authenticated,
     id: web::Path<String>,
+    params: web::Query<HashMap<String, String>>,
     body: web::Bytes,
 ) -> Result<HttpResponse> {
     let current: R = load(&state, &p, &id).await?;
+    check_version(&current, version_param(&params)?)?;
     let merged = merge(&current, body_object(&body)?)?;
     let record = R::from_input(merged, Some(&current), &state, &p)?;
     let updated = state.store.update(&p.actor(), record).await?;
@@ -174,11 +270,14 @@ pub async fn delete<R: ApiResource>(
     state: web::Data<AppState>,
     Authenticated(p): Authenticated,
     id: web::Path<String>,
+    params: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse> {
     let record: R = load(&state, &p, &id).await?;
+    let version = version_param(&params)?;
+    check_version(&record, version)?;
     state
         .store
-        .delete::<R>(&p.actor(), &p.tenant_id, record.id(), None)
+        .delete::<R>(&p.actor(), &p.tenant_id, record.id(), version)
         .await?;
     Ok(HttpResponse::Accepted().finish())
 }
@@ -203,6 +302,62 @@ impl ApiResource for Trigger {
     const FILTERS: &'static [(&'static str, &'static str)] = &[("control_system_id", "system")];
 }
 
+/// A settings record as the API shows it: `value` is the settings object, or
+/// `"<redacted>"` when the caller's role may not read its encryption level back.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct SettingsView {
+    id: String,
+    tenant_id: String,
+    /// The module, system, zone or driver the settings apply to.
+    parent_id: String,
+    encryption_level: EncryptionLevel,
+    /// The settings object (write it as an object), or `"<redacted>"`.
+    value: Value,
+    created_at: i64,
+    updated_at: i64,
+    version: u64,
+}
+
+pub(crate) fn settings_view(state: &AppState, s: &Settings, p: &Principal) -> Result<Value> {
+    let role = p.role().unwrap_or(Role::Staff);
+    let view = SettingsView {
+        id: s.id.clone(),
+        tenant_id: s.tenant_id.clone(),
+        parent_id: s.parent_id.clone(),
+        encryption_level: s.encryption_level,
+        value: setting_value(state, s, role)?,
+        created_at: s.created_at,
+        updated_at: s.updated_at,
+        version: s.version,
+    };
+    serde_json::to_value(view).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A JSON array of [`SettingsView`].
+pub(crate) fn settings_list_schema(
+    s: &mut crate::endpoints::Schemas,
+) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    let item = crate::endpoints::schema::<SettingsView>(s);
+    utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Array(
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(item)
+            .build(),
+    ))
+}
+
+/// A user as the API shows it: the record without its password hash, and whether it has
+/// a password. `password` may be written (create, update), never read.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // the schema of `User::view`
+pub(crate) struct UserView {
+    #[schema(inline)]
+    #[serde(flatten)]
+    user: User,
+    has_password: bool,
+    /// Write only: a new password (12 characters or more), hashed with scrypt.
+    password: Option<String>,
+}
+
 /// The settings value a role may see: plain, opened, or `"<redacted>"`.
 fn setting_value(state: &AppState, s: &Settings, role: Role) -> Result<Value> {
     match &s.body {
@@ -220,20 +375,8 @@ fn setting_value(state: &AppState, s: &Settings, role: Role) -> Result<Value> {
 impl ApiResource for Settings {
     const FILTERS: &'static [(&'static str, &'static str)] = &[("parent_id", "parent")];
 
-    /// `value` is the settings object, or `"<redacted>"` when the caller's role may not
-    /// read its encryption level back.
     fn view(&self, state: &AppState, p: &Principal) -> Result<Value> {
-        let role = p.role().unwrap_or(Role::Staff);
-        Ok(json!({
-            "id": self.id,
-            "tenant_id": self.tenant_id,
-            "parent_id": self.parent_id,
-            "encryption_level": self.encryption_level,
-            "value": setting_value(state, self, role)?,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "version": self.version,
-        }))
+        settings_view(state, self, p)
     }
 
     /// `{parent_id, encryption_level, value}`: the value is sealed unless the level is
@@ -415,9 +558,11 @@ pub async fn update_user(
     state: web::Data<AppState>,
     Authenticated(p): Authenticated,
     id: web::Path<String>,
+    params: web::Query<HashMap<String, String>>,
     body: web::Bytes,
 ) -> Result<HttpResponse> {
     let current: User = load(&state, &p, &id).await?;
+    check_version(&current, version_param(&params)?)?;
     check_grantable(&p, &current.roles)?;
     let mut changes = body_object(&body)?;
     let hash = take_password(&state, &mut changes).await?;
@@ -509,9 +654,9 @@ fn check_scopes(scopes: &[String]) -> Result<()> {
     }
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewKeyBody {
+pub(crate) struct NewKeyBody {
     name: String,
     #[serde(default)]
     description: String,
@@ -532,8 +677,7 @@ pub async fn create_api_key(
     Authenticated(p): Authenticated,
     body: web::Bytes,
 ) -> Result<HttpResponse> {
-    let b: NewKeyBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))?;
+    let b: NewKeyBody = body_object(&body).and_then(from_map)?;
     let role = b.role.unwrap_or(Role::Staff);
     check_grantable(&p, &[role])?;
     check_scopes(&b.scopes)?;
@@ -627,15 +771,27 @@ impl ApiResource for IdentityProvider {
 pub async fn list_tenants(
     state: web::Data<AppState>,
     Authenticated(p): Authenticated,
+    req: HttpRequest,
     params: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse> {
     let opts = list_options(&params)?;
     if p.role() == Some(Role::Sysadmin) {
-        let page = state.store.list_scoped::<Tenant>(None, opts).await?;
-        return Ok(paged(page.total, page.next.as_deref()).json(page.items));
+        let page = state
+            .store
+            .list_scoped::<Tenant>(None, opts.clone())
+            .await?;
+        return Ok(paged(
+            &req,
+            IdKind::Tenant,
+            &opts,
+            page.items.len(),
+            page.total,
+            page.next.as_deref(),
+        )
+        .json(page.items));
     }
     let own: Tenant = state.store.require(&p.tenant_id, &p.tenant_id).await?;
-    Ok(paged(1, None).json([own]))
+    Ok(paged(&req, IdKind::Tenant, &opts, 1, 1, None).json([own]))
 }
 
 /// `GET /tenants/:id`: a tenant other than the caller's is a 404 unless they are sysadmin.
@@ -682,6 +838,7 @@ pub async fn create_tenant(
 pub async fn audit(
     state: web::Data<AppState>,
     Authenticated(p): Authenticated,
+    req: HttpRequest,
     params: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse> {
     let opts = list_options(&params)?;
@@ -690,19 +847,17 @@ pub async fn audit(
         .audit_log(
             &p.tenant_id,
             params.get("record_id").map(String::as_str),
-            opts.after,
+            opts.after.clone(),
             opts.limit,
         )
         .await?;
-    Ok(paged(page.total, page.next.as_deref()).json(page.items))
-}
-
-/// Every generic resource's routes, for [`crate::routes::configure`].
-pub fn crud<R: ApiResource>(cfg: &mut web::ServiceConfig, path: &str) {
-    cfg.route(path, web::get().to(list::<R>))
-        .route(path, web::post().to(create::<R>))
-        .route(&format!("{path}/{{id}}"), web::get().to(show::<R>))
-        .route(&format!("{path}/{{id}}"), web::patch().to(update::<R>))
-        .route(&format!("{path}/{{id}}"), web::put().to(update::<R>))
-        .route(&format!("{path}/{{id}}"), web::delete().to(delete::<R>));
+    Ok(paged(
+        &req,
+        IdKind::Audit,
+        &opts,
+        page.items.len(),
+        page.total,
+        page.next.as_deref(),
+    )
+    .json(page.items))
 }

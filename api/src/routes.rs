@@ -1,13 +1,9 @@
 use crate::auth::Authenticated;
-use crate::resources;
 use crate::{ApiError, AppState};
-use actix_web::http::{Method, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use lintel_auth::{Action, Credential, RefreshOutcome, Resource};
-use lintel_model::{
-    ApiKey, AuditAction, ControlSystem, DriverRecord, IdKind, IdentityProvider, Metadata, Module,
-    Settings, Tenant, Trigger, User, Zone,
-};
+use lintel_auth::{Credential, RefreshOutcome};
+use lintel_model::{AuditAction, IdKind, Tenant, User};
 use lintel_store::{ListOptions, StoreExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -15,177 +11,51 @@ use std::collections::HashMap;
 
 type Result<T> = std::result::Result<T, ApiError>;
 
-const V2: &str = "/api/engine/v2";
-
-/// What a route needs: a resource and action, or `None` for any authenticated caller.
-pub(crate) type Permission = Option<(Resource, Action)>;
-
-/// Every authenticated route's permission: `(method, route pattern, resource/action)`;
-/// `None` = any authenticated caller. The `Authenticated` extractor refuses a route
-/// missing here, and a test calls every entry with every role.
-pub(crate) const PERMISSIONS: &[(&str, &str, Permission)] = &[
-    ("POST", "/auth/logout", None),
-    ("GET", "/api/engine/v2/users/current", None),
-    (
-        "GET",
-        "/api/engine/v2/systems/{id}/{module}",
-        Some((Resource::State, Action::Read)),
-    ),
-    (
-        "GET",
-        "/api/engine/v2/systems/{id}/{module}/{key}",
-        Some((Resource::State, Action::Read)),
-    ),
-    (
-        "POST",
-        "/api/engine/v2/systems/{id}/{module}/{key}",
-        Some((Resource::Control, Action::Write)),
-    ),
-    (
-        "GET",
-        "/api/engine/v2/audit",
-        Some((Resource::Audit, Action::Read)),
-    ),
-    (
-        "GET",
-        "/api/engine/v2/tenants",
-        Some((Resource::Tenants, Action::Read)),
-    ),
-    (
-        "POST",
-        "/api/engine/v2/tenants",
-        Some((Resource::Tenants, Action::Write)),
-    ),
-    (
-        "GET",
-        "/api/engine/v2/tenants/{id}",
-        Some((Resource::Tenants, Action::Read)),
-    ),
-    (
-        "GET",
-        "/api/engine/v2/api_keys",
-        Some((Resource::ApiKeys, Action::Read)),
-    ),
-    (
-        "POST",
-        "/api/engine/v2/api_keys",
-        Some((Resource::ApiKeys, Action::Write)),
-    ),
-    (
-        "GET",
-        "/api/engine/v2/api_keys/{id}",
-        Some((Resource::ApiKeys, Action::Read)),
-    ),
-    (
-        "PATCH",
-        "/api/engine/v2/api_keys/{id}",
-        Some((Resource::ApiKeys, Action::Write)),
-    ),
-    (
-        "DELETE",
-        "/api/engine/v2/api_keys/{id}",
-        Some((Resource::ApiKeys, Action::Write)),
-    ),
-];
-
-/// The resources with the five CRUD routes (list, create, show, update, delete).
-pub(crate) const CRUD: &[(&str, Resource)] = &[
-    ("zones", Resource::Zones),
-    ("systems", Resource::Systems),
-    ("modules", Resource::Modules),
-    ("drivers", Resource::Drivers),
-    ("settings", Resource::Settings),
-    ("metadata", Resource::Metadata),
-    ("triggers", Resource::Triggers),
-    ("users", Resource::Users),
-    ("identity_providers", Resource::IdentityProviders),
-];
-
-/// The permission of a route, `None` if the route has no entry (refused).
-pub(crate) fn permission(method: &Method, pattern: Option<&str>) -> Option<Permission> {
-    let pattern = pattern?;
-    if let Some((_, _, p)) = PERMISSIONS
-        .iter()
-        .find(|(m, path, _)| *m == method.as_str() && *path == pattern)
-    {
-        return Some(*p);
-    }
-    let rest = pattern.strip_prefix(V2)?.strip_prefix('/')?;
-    let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
-    let (_, resource) = CRUD.iter().find(|(n, _)| *n == name)?;
-    let action = match (method.as_str(), tail) {
-        ("GET", "" | "{id}") => Action::Read,
-        ("POST", "") | ("PATCH" | "PUT" | "DELETE", "{id}") => Action::Write,
-        _ => return None,
-    };
-    Some(Some((*resource, action)))
-}
-
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(metrics))
-        .route("/.well-known/jwks.json", web::get().to(jwks))
-        .route("/auth/authority", web::get().to(authority))
-        .route("/auth/oauth/token", web::post().to(token))
-        .route("/auth/token", web::post().to(token))
-        .route("/auth/logout", web::post().to(logout))
-        .route("/auth/oidc/{idp}/login", web::get().to(crate::sso::login))
-        .route("/auth/oidc/callback", web::get().to(crate::sso::callback))
-        .service(web::scope(V2).configure(|c| {
-            c.route("/health", web::get().to(health))
-                .route("/ready", web::get().to(ready))
-                .route("/users/current", web::get().to(resources::current_user))
-                .route("/users", web::post().to(resources::create_user))
-                .route("/users/{id}", web::patch().to(resources::update_user))
-                .route("/users/{id}", web::put().to(resources::update_user))
-                .route("/api_keys", web::post().to(resources::create_api_key))
-                .route(
-                    "/api_keys/{id}",
-                    web::delete().to(resources::delete_api_key),
-                )
-                .route("/api_keys", web::get().to(resources::list::<ApiKey>))
-                .route("/api_keys/{id}", web::get().to(resources::show::<ApiKey>))
-                .route(
-                    "/api_keys/{id}",
-                    web::patch().to(resources::update::<ApiKey>),
-                )
-                .route("/tenants", web::get().to(resources::list_tenants))
-                .route("/tenants", web::post().to(resources::create_tenant))
-                .route("/tenants/{id}", web::get().to(resources::show_tenant))
-                .route("/audit", web::get().to(resources::audit))
-                .route("/systems/{id}/{module}", web::get().to(module_state))
-                .route(
-                    "/systems/{id}/{module}/{key}",
-                    web::get().to(module_state_key),
-                )
-                .route("/systems/{id}/{module}/{key}", web::post().to(exec));
-            resources::crud::<Zone>(c, "/zones");
-            resources::crud::<ControlSystem>(c, "/systems");
-            resources::crud::<Module>(c, "/modules");
-            resources::crud::<DriverRecord>(c, "/drivers");
-            resources::crud::<Settings>(c, "/settings");
-            resources::crud::<Metadata>(c, "/metadata");
-            resources::crud::<Trigger>(c, "/triggers");
-            resources::crud::<User>(c, "/users");
-            resources::crud::<IdentityProvider>(c, "/identity_providers");
-        }));
-}
-
-/// A list response: `X-Total-Count`, and `X-Next-Cursor` while more remain.
-pub(crate) fn paged(total: u64, next: Option<&str>) -> actix_web::HttpResponseBuilder {
+/// A list response with PlaceOS's headers: `X-Total-Count`, `Content-Range:
+/// <kind> <offset>-<offset+count>/<total>`, and `Link: <…?offset=…&limit=…>; rel="next"`
+/// while more remain (the request's other parameters kept). Lintel adds `X-Next-Cursor`,
+/// a cursor for `?after=` that stays stable while records are written.
+pub(crate) fn paged(
+    req: &HttpRequest,
+    kind: IdKind,
+    opts: &ListOptions,
+    count: usize,
+    total: u64,
+    next: Option<&str>,
+) -> actix_web::HttpResponseBuilder {
     let mut res = HttpResponse::Ok();
+    let from = if opts.after.is_some() { 0 } else { opts.offset };
+    let end = from + count;
     res.insert_header(("X-Total-Count", total.to_string()));
+    res.insert_header((
+        "Content-Range",
+        format!("{} {from}-{end}/{total}", kind.prefix()),
+    ));
     if let Some(next) = next {
         res.insert_header(("X-Next-Cursor", next));
+        let mut params: Vec<(String, String)> =
+            serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+        params.retain(|(k, _)| k != "bearer_token" && k != "after");
+        let limit = if opts.limit == 0 { 100 } else { opts.limit };
+        for (k, v) in [("offset", end), ("limit", limit)] {
+            match params.iter_mut().find(|(n, _)| n == k) {
+                Some(p) => p.1 = v.to_string(),
+                None => params.push((k.into(), v.to_string())),
+            }
+        }
+        if let Ok(q) = serde_urlencoded::to_string(&params) {
+            res.insert_header(("Link", format!("<{}?{q}>; rel=\"next\"", req.path())));
+        }
     }
     res
 }
 
-async fn health(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok", "version": state.version}))
 }
 
 /// Ready when the store answers and the engine has started its modules.
-async fn ready(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let store = state.engine.store_ok().await;
     let engine = state.engine.is_ready();
     let body = json!({
@@ -203,7 +73,7 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     match &state.metrics {
         Some(handle) => HttpResponse::Ok()
             .content_type("text/plain; version=0.0.4")
@@ -213,7 +83,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// The tenant's public signing keys (`?authority=`, else the tenant of the Host).
-async fn jwks(
+pub(crate) async fn jwks(
     state: web::Data<AppState>,
     req: HttpRequest,
     params: web::Query<HashMap<String, String>>,
@@ -260,7 +130,10 @@ pub(crate) async fn tenant_for(
 }
 
 /// PlaceOS clients fetch this first (`@placeos/ts-client` `setup()`).
-async fn authority(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse> {
+pub(crate) async fn authority(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse> {
     let t = tenant_for(&state, &req, None).await?;
     Ok(HttpResponse::Ok().json(json!({
         "id": t.id,
@@ -297,7 +170,11 @@ const MAX_USERNAME: usize = 320;
 
 /// OAuth2 token endpoint: `grant_type=password` and `refresh_token`. Accepts the form body
 /// or, as the PlaceOS client sends it, the query string (which is never logged).
-async fn token(state: web::Data<AppState>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+pub(crate) async fn token(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
     let parsed = if body.is_empty() {
         serde_urlencoded::from_str::<TokenRequest>(req.query_string())
     } else {
@@ -523,7 +400,7 @@ async fn refresh_grant(
 }
 
 /// `POST /auth/logout`: ends the caller's session (its refresh tokens and access tokens).
-async fn logout(
+pub(crate) async fn logout(
     state: web::Data<AppState>,
     Authenticated(p): Authenticated,
 ) -> Result<HttpResponse> {
@@ -578,54 +455,6 @@ pub(crate) fn list_options(params: &HashMap<String, String>) -> Result<ListOptio
     })
 }
 
-async fn module_state(
-    state: web::Data<AppState>,
-    Authenticated(p): Authenticated,
-    path: web::Path<(String, String)>,
-) -> Result<HttpResponse> {
-    let (sys, module) = path.into_inner();
-    let id = state.engine.resolve(&p.tenant_id, &sys, &module).await?;
-    Ok(HttpResponse::Ok().json(state.engine.state(&p.tenant_id, &id)?))
-}
-
-async fn module_state_key(
-    state: web::Data<AppState>,
-    Authenticated(p): Authenticated,
-    path: web::Path<(String, String, String)>,
-) -> Result<HttpResponse> {
-    let (sys, module, key) = path.into_inner();
-    let id = state.engine.resolve(&p.tenant_id, &sys, &module).await?;
-    // PlaceOS answers `null` for a key the driver has not set.
-    let value = state
-        .engine
-        .state_key(&p.tenant_id, &id, &key)?
-        .unwrap_or(Value::Null);
-    Ok(HttpResponse::Ok().json(value))
-}
-
-/// `POST /systems/:id/Display_1/power` with a JSON array of arguments.
-async fn exec(
-    state: web::Data<AppState>,
-    Authenticated(p): Authenticated,
-    path: web::Path<(String, String, String)>,
-    body: web::Bytes,
-) -> Result<HttpResponse> {
-    let (sys, module, function) = path.into_inner();
-    let args: Vec<Value> = if body.iter().all(u8::is_ascii_whitespace) {
-        Vec::new()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::BadRequest(format!("body must be a JSON array of arguments: {e}"))
-        })?
-    };
-    let id = state.engine.resolve(&p.tenant_id, &sys, &module).await?;
-    let result = state
-        .engine
-        .exec(&p.tenant_id, &id, &function, args)
-        .await?;
-    Ok(HttpResponse::Ok().json(result))
-}
-
 /// For any route that does not exist: the same error format.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse> {
     Err(ApiError::NotFound(format!(
@@ -633,48 +462,4 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse> {
         req.method(),
         req.path()
     )))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_route_group_resolves_to_a_permission_and_unknown_ones_to_none() {
-        let m = |s: &str| Method::from_bytes(s.as_bytes()).unwrap();
-        for (name, resource) in CRUD {
-            let base = format!("{V2}/{name}");
-            let one = format!("{base}/{{id}}");
-            let cases = [
-                ("GET", &base, Action::Read),
-                ("POST", &base, Action::Write),
-                ("GET", &one, Action::Read),
-                ("PATCH", &one, Action::Write),
-                ("PUT", &one, Action::Write),
-                ("DELETE", &one, Action::Write),
-            ];
-            for (method, path, action) in cases {
-                assert_eq!(
-                    permission(&m(method), Some(path)),
-                    Some(Some((*resource, action))),
-                    "{method} {path}"
-                );
-            }
-        }
-        for (method, path, p) in PERMISSIONS {
-            assert_eq!(
-                permission(&m(method), Some(path)),
-                Some(*p),
-                "{method} {path}"
-            );
-        }
-        // Fail closed: anything not listed has no permission (the extractor refuses it).
-        assert_eq!(permission(&m("GET"), Some("/api/engine/v2/secrets")), None);
-        assert_eq!(permission(&m("DELETE"), Some("/api/engine/v2/zones")), None);
-        assert_eq!(
-            permission(&m("POST"), Some("/api/engine/v2/tenants/{id}")),
-            None
-        );
-        assert_eq!(permission(&m("GET"), None), None);
-    }
 }

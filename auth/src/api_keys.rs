@@ -31,7 +31,14 @@ pub struct NewApiKey {
 
 pub struct ApiKeys {
     store: Arc<dyn Store>,
+    /// Key records by id, so a request does not query the store. A change to any key
+    /// (revoked, edited, last use recorded) through this process empties it at once;
+    /// another process's change is seen within `KEY_CACHE_TTL`.
+    cache: lintel_store::FeedCache<String, Option<ApiKey>>,
 }
+
+/// How long a key record read from the store is trusted without a change seen on the feed.
+pub const KEY_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn hash(secret: &str) -> String {
     format!(
@@ -46,7 +53,13 @@ fn refused() -> AuthError {
 
 impl ApiKeys {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        ApiKeys { store }
+        let cache = lintel_store::FeedCache::new(
+            store.changes(),
+            &[lintel_model::IdKind::ApiKey],
+            KEY_CACHE_TTL,
+            10_000,
+        );
+        ApiKeys { store, cache }
     }
 
     /// Create a key; returns the record and the value to present (shown once).
@@ -88,14 +101,22 @@ impl ApiKeys {
         if !IdKind::ApiKey.is_valid_id(id) {
             return Err(refused());
         }
-        let page = self
-            .store
-            .list_scoped::<ApiKey>(None, ListOptions::by("id", id))
-            .await
-            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let found = match self.cache.get(&id.to_owned()) {
+            Ok(found) => found,
+            Err(ticket) => {
+                let page = self
+                    .store
+                    .list_scoped::<ApiKey>(None, ListOptions::by("id", id))
+                    .await
+                    .map_err(|e| AuthError::Internal(e.to_string()))?;
+                let found = page.items.into_iter().next();
+                self.cache.insert(id.to_owned(), found.clone(), ticket);
+                found
+            }
+        };
         // Hash even when the id is unknown, so timing does not tell ids apart.
         let presented_hash = hash(secret);
-        let Some(mut key) = page.items.into_iter().next() else {
+        let Some(mut key) = found else {
             return Err(refused());
         };
         if !bool::from(presented_hash.as_bytes().ct_eq(key.secret_hash.as_bytes())) {

@@ -37,7 +37,7 @@ pub use transport::{CONNECTION_ERROR_KEY, InProcessEndpoint, MAX_FRAME_BYTES, Ta
 
 use actor::{Event, ModuleActor, SystemClock};
 use lintel_model::{
-    ControlSystem, DriverRecord, DriverRole, Module, ModuleSlug, SandboxBudget, Settings,
+    ControlSystem, DriverRecord, DriverRole, IdKind, Module, ModuleSlug, SandboxBudget, Settings,
     SettingsBody, Zone,
 };
 use lintel_store::{Actor, ListOptions, Store, StoreExt};
@@ -119,6 +119,35 @@ pub struct UploadReport {
     pub info: Arc<DriverInfo>,
     /// Per running module of the driver: reloaded, or why it kept the old version.
     pub modules: Vec<(String, std::result::Result<(), String>)>,
+}
+
+impl UploadReport {
+    /// The report as the API and `lintel driver upload` show it.
+    pub fn summary(&self, tenant_id: &str, created: bool) -> Value {
+        serde_json::json!({
+            "tenant": tenant_id,
+            "created": created,
+            "driver": {
+                "id": self.driver.id,
+                "name": self.info.name,
+                "version": self.info.version,
+                "abi": self.info.abi,
+                "hash": self.driver.component_hash,
+            },
+            "modules": module_outcomes(&self.modules),
+        })
+    }
+}
+
+/// Per module: `{module}` when it took the change, `{module, error}` when it did not.
+pub fn module_outcomes(modules: &[(String, std::result::Result<(), String>)]) -> Vec<Value> {
+    modules
+        .iter()
+        .map(|(id, r)| match r {
+            Ok(()) => serde_json::json!({"module": id}),
+            Err(e) => serde_json::json!({"module": id, "error": e}),
+        })
+        .collect()
 }
 
 /// The worker threads module actors run on, apart from the API's and transports' threads.
@@ -205,7 +234,13 @@ pub(crate) struct Router {
     status: Arc<StatusBus>,
     modules: RwLock<HashMap<String, Arc<RunningModule>>>,
     exec_timeout: Duration,
+    /// `(tenant, system, slug)` → module id: the REST state routes resolve on every
+    /// request. Emptied by any system, module or driver change.
+    resolved: lintel_store::FeedCache<(String, String, String), String>,
 }
+
+/// How long a resolution made stale by another process's write may be served.
+const RESOLVE_TTL: Duration = Duration::from_secs(5);
 
 /// The engine. Cheap to share behind an `Arc`.
 pub struct Engine {
@@ -233,12 +268,7 @@ impl Engine {
         let http = links::http_client_builder().build().map_err(internal)?;
         Ok(Engine {
             executor: ModuleExecutor::new(cfg.workers)?,
-            router: Arc::new(Router {
-                store: store.clone(),
-                status: status.clone(),
-                modules: RwLock::new(HashMap::new()),
-                exec_timeout: cfg.exec_timeout,
-            }),
+            router: Arc::new(Router::new(store.clone(), status.clone(), cfg.exec_timeout)),
             cfg,
             runtime,
             store,
@@ -326,6 +356,34 @@ impl Engine {
             info,
             modules,
         })
+    }
+
+    /// Restart every module of a driver this engine runs from its stored component and
+    /// config (PlaceOS's `recompile`: the component is already compiled and cached).
+    /// Returns each module's outcome; a module that fails to start says why.
+    pub async fn reload_driver(
+        &self,
+        tenant_id: &str,
+        driver_id: &str,
+    ) -> Result<Vec<(String, std::result::Result<(), String>)>> {
+        let _: DriverRecord = self.store.require(tenant_id, driver_id).await?;
+        let mut out = Vec::new();
+        for id in self.modules_of_driver(tenant_id, driver_id).await? {
+            if !self.router.modules.read().contains_key(&id) {
+                continue;
+            }
+            let r = self.start_module(tenant_id, &id).await;
+            out.push((id, r.map_err(|e| e.to_string())));
+        }
+        Ok(out)
+    }
+
+    /// The settings records that apply to a module, nearest first (module, system, the
+    /// system's zones in order, driver): the order in which they win.
+    pub async fn module_settings(&self, tenant_id: &str, module_id: &str) -> Result<Vec<Settings>> {
+        let mut settings = self.module_config(tenant_id, module_id).await?.settings;
+        settings.reverse();
+        Ok(settings)
     }
 
     /// The compiled component `hash`: from this engine's cache, or fetched from the Store
@@ -1125,6 +1183,25 @@ fn merge(base: &mut Value, over: &Value) {
 }
 
 impl Router {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        status: Arc<StatusBus>,
+        exec_timeout: Duration,
+    ) -> Self {
+        Router {
+            resolved: lintel_store::FeedCache::new(
+                store.changes(),
+                &[IdKind::System, IdKind::Module, IdKind::Driver],
+                RESOLVE_TTL,
+                100_000,
+            ),
+            store,
+            status,
+            modules: RwLock::new(HashMap::new()),
+            exec_timeout,
+        }
+    }
+
     fn running(&self, tenant_id: &str, module_id: &str) -> Result<Arc<RunningModule>> {
         match self.modules.read().get(module_id) {
             Some(m) if m.tenant_id == tenant_id => Ok(m.clone()),
@@ -1140,14 +1217,21 @@ impl Router {
         system_id: &str,
         slug: &str,
     ) -> Result<String> {
+        let key = (tenant_id.to_owned(), system_id.to_owned(), slug.to_owned());
+        let ticket = match self.resolved.get(&key) {
+            Ok(id) => return Ok(id),
+            Err(ticket) => ticket,
+        };
         let slug =
             ModuleSlug::parse(slug).map_err(|e| EngineError::ModuleNotFound(e.to_string()))?;
         let (_, modules) = self.system_modules(tenant_id, system_id).await?;
-        modules
+        let id = modules
             .into_iter()
             .find(|m| m.module == slug.name && m.index == slug.index)
             .map(|m| m.id)
-            .ok_or_else(|| EngineError::ModuleNotFound(format!("{slug} in {system_id}")))
+            .ok_or_else(|| EngineError::ModuleNotFound(format!("{slug} in {system_id}")))?;
+        self.resolved.insert(key, id.clone(), ticket);
+        Ok(id)
     }
 
     /// A system and its modules in order, each with its name and index in the system

@@ -744,12 +744,11 @@ mod tests {
             server(|_, _| Some(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec())).await;
         let dir = tempfile::tempdir().unwrap();
         let bus = Arc::new(crate::StatusBus::default());
-        let router = Arc::new(Router {
-            store: Arc::new(lintel_store::EmbeddedStore::open(dir.path()).unwrap()),
-            status: bus.clone(),
-            modules: Default::default(),
-            exec_timeout: Duration::from_secs(5),
-        });
+        let router = Arc::new(Router::new(
+            Arc::new(lintel_store::EmbeddedStore::open(dir.path()).unwrap()),
+            bus.clone(),
+            Duration::from_secs(5),
+        ));
         let status = bus.module("mod-http");
         let links_at = |url: &reqwest::Url| {
             let settings = crate::actor::ModuleSettings::default();

@@ -247,6 +247,7 @@ macro_rules! record_common {
 
 /// A tenant (PlaceOS "authority"): one organisation, reached by its domain.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Tenant {
     pub id: String,
@@ -292,6 +293,7 @@ pub const ZONE_TAGS: [&str; 5] = ["org", "region", "building", "level", "area"];
 
 /// A zone: a node of the building tree (org / region / building / level / area).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Zone {
     pub id: String,
@@ -360,6 +362,7 @@ record_common!(
 
 /// A control system: usually one room, with an ordered list of modules.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ControlSystem {
     pub id: String,
@@ -435,6 +438,7 @@ pub const MODULE_URI_SCHEMES: [&str; 10] = [
 
 /// A module: one running instance of a driver, with where to reach its device.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Module {
     pub id: String,
@@ -577,6 +581,7 @@ impl Module {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DriverRole {
     #[default]
@@ -588,6 +593,7 @@ pub enum DriverRole {
 
 /// A driver: a WASM component (stored by content hash) and what it declared.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct DriverRecord {
     pub id: String,
@@ -612,6 +618,7 @@ pub struct DriverRecord {
 
 /// Sandbox limits for one driver's modules, overriding the engine's defaults.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct SandboxBudget {
     /// Linear memory a module may grow to, in MiB (1..=4096).
@@ -676,6 +683,7 @@ record_common!(
 /// Who may read a settings document (PlaceOS encryption levels). Anything above `None`
 /// is sealed at rest.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EncryptionLevel {
     #[default]
@@ -689,6 +697,7 @@ pub enum EncryptionLevel {
 /// A secret sealed with AES-256-GCM by the keyring (`lintel-auth`), bound to its record
 /// id and field as associated data. The store only ever sees this form.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SealedValue {
     /// Which keyring key sealed it.
     pub key_id: String,
@@ -771,6 +780,7 @@ record_common!(
 #[derive(
     Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Default, Hash,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     #[default]
@@ -782,6 +792,7 @@ pub enum Role {
 
 /// A person who signs in. The password hash is a PHC string (scrypt, parameters inline).
 #[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct User {
     pub id: String,
@@ -789,6 +800,7 @@ pub struct User {
     pub name: String,
     /// Unique within the tenant (case-insensitive).
     pub email: String,
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub password_hash: Option<String>,
     pub roles: Vec<Role>,
     /// Identity-provider groups, mapped to roles at sign-in.
@@ -870,6 +882,7 @@ record_common!(
 
 /// An API key for BI tools and integrations: the secret is shown once and stored hashed.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ApiKey {
     pub id: String,
@@ -882,6 +895,7 @@ pub struct ApiKey {
     /// Narrower permissions than the role, e.g. `systems.read`. Empty = the whole role.
     pub scopes: Vec<String>,
     /// Hash of the secret (PHC string).
+    #[cfg_attr(feature = "openapi", schema(ignore))]
     pub secret_hash: String,
     pub last_used_at: Option<i64>,
     pub expires_at: Option<i64>,
@@ -935,6 +949,7 @@ record_common!(
 
 /// A trigger: conditions over module state and schedules that run actions.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Trigger {
     pub id: String,
@@ -983,6 +998,7 @@ record_common!(
 /// A free-form JSON document attached to any record (PlaceOS metadata: floor maps,
 /// booking rules, app configuration).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct Metadata {
     pub id: String,
@@ -1020,6 +1036,7 @@ record_common!(
 
 /// What happened to a record.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuditAction {
     #[default]
@@ -1055,6 +1072,7 @@ impl AuditAction {
 
 /// One configuration change: who, when, what, and a diff with secrets redacted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct AuditEntry {
     /// Time-ordered (`audit-<ms hex>…`), so id order is time order.
@@ -1161,6 +1179,7 @@ record_common!(
 
 /// Which identity-provider group grants which role.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct RoleMapping {
     pub group: String,
@@ -1170,6 +1189,7 @@ pub struct RoleMapping {
 /// An OpenID Connect identity provider a tenant's users sign in with (Entra ID, Google,
 /// Okta, Keycloak, …). The client secret is sealed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct IdentityProvider {
     pub id: String,
@@ -1178,7 +1198,9 @@ pub struct IdentityProvider {
     /// The issuer URL; its `/.well-known/openid-configuration` is discovered.
     pub issuer: String,
     pub client_id: String,
-    /// Sealed with the keyring (field `client_secret`); `None` for a public client.
+    /// Sealed with the keyring (field `client_secret`); `None` for a public client. Over
+    /// the API: written as a string (sealed), `null` to clear; read back as `true` when set.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub client_secret: Option<SealedValue>,
     /// Scopes requested besides `openid`.
     pub scopes: Vec<String>,

@@ -15,6 +15,7 @@
 #![recursion_limit = "256"] // the Couchbase SDK's futures are deeply nested
 
 mod backup;
+mod cache;
 #[cfg(feature = "couchbase")]
 mod couchbase;
 mod doc;
@@ -22,6 +23,7 @@ mod embedded;
 mod typed;
 
 pub use backup::{BackupSummary, RestoreError, check_backup, restore, write_backup};
+pub use cache::FeedCache;
 #[cfg(feature = "couchbase")]
 pub use couchbase::{CouchbaseConfig, CouchbaseStore};
 pub use doc::{doc_from_body, migrate_doc};

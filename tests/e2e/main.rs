@@ -7,5 +7,7 @@ mod bad_input;
 mod driver_scaffold;
 mod harness;
 mod idp;
+mod placeos_client;
+mod rest;
 mod secrets;
 mod serve;
