@@ -21,11 +21,26 @@ use utoipa::openapi::{
 
 /// The document, built once per process.
 pub static DOCUMENT: LazyLock<Value> = LazyLock::new(|| {
-    serde_json::to_value(build()).unwrap_or_else(|e| {
+    let doc = serde_json::to_value(build()).unwrap_or_else(|e| {
         tracing::error!(error = %e, "the OpenAPI document cannot be written");
         Value::Null
-    })
+    });
+    sorted(doc)
 });
+
+/// Keys in sorted order at every level, whether or not some crate of the build turns on
+/// `serde_json/preserve_order`: the document's text must not depend on the build.
+pub fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        other => other,
+    }
+}
 
 /// The document as pretty JSON (what `docs/openapi.json` holds).
 pub fn document_text() -> String {
