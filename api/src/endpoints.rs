@@ -593,22 +593,47 @@ pub(crate) fn match_order() -> Vec<&'static str> {
     paths
 }
 
-/// Register every route of the table, one actix resource per path.
+/// The scope a path is served under: `/api/engine/v2/<first segment>` (a literal) for the
+/// API, else the path itself. Actix then matches a request against one scope's patterns,
+/// not all of them (its router tries each pattern's regex in turn).
+fn scope_of(path: &str) -> &str {
+    let Some(rest) = path.strip_prefix(V2).and_then(|r| r.strip_prefix('/')) else {
+        return path;
+    };
+    let first = rest.split('/').next().unwrap_or_default();
+    if first.starts_with('{') {
+        return path;
+    }
+    &path[..V2.len() + 1 + first.len()]
+}
+
+/// Register every route of the table: one actix resource per path, grouped in scopes.
 pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
-    for path in match_order() {
-        let mut resource = web::resource(path);
-        let limit = ENDPOINTS
-            .iter()
-            .filter(|e| e.path == path)
-            .filter_map(|e| e.body_limit)
-            .max();
-        if let Some(limit) = limit {
-            resource = resource.app_data(web::PayloadConfig::new(limit.max(max_body)));
+    let order = match_order();
+    let mut scopes: Vec<&str> = Vec::new();
+    for p in &order {
+        if !scopes.contains(&scope_of(p)) {
+            scopes.push(scope_of(p));
         }
-        for e in ENDPOINTS.iter().filter(|e| e.path == path) {
-            resource = resource.route((e.route)().method(e.method.clone()));
+    }
+    for prefix in scopes {
+        let mut scope = web::scope(prefix);
+        for path in order.iter().filter(|p| scope_of(p) == prefix) {
+            let mut resource = web::resource(&path[prefix.len()..]);
+            let limit = ENDPOINTS
+                .iter()
+                .filter(|e| e.path == *path)
+                .filter_map(|e| e.body_limit)
+                .max();
+            if let Some(limit) = limit {
+                resource = resource.app_data(web::PayloadConfig::new(limit.max(max_body)));
+            }
+            for e in ENDPOINTS.iter().filter(|e| e.path == *path) {
+                resource = resource.route((e.route)().method(e.method.clone()));
+            }
+            scope = scope.service(resource);
         }
-        cfg.service(resource);
+        cfg.service(scope);
     }
 }
 
@@ -664,5 +689,11 @@ mod tests {
         );
         before("/users/current", "/users/{id}");
         before("/drivers/upload", "/drivers/{id}");
+        assert_eq!(
+            scope_of(&format!("{V2}/systems/{{id}}/types")),
+            format!("{V2}/systems")
+        );
+        assert_eq!(scope_of(&format!("{V2}/zones")), format!("{V2}/zones"));
+        assert_eq!(scope_of("/auth/oauth/token"), "/auth/oauth/token");
     }
 }

@@ -220,6 +220,9 @@ pub fn serve(listener: TcpListener, cfg: &HttpConfig, state: AppState) -> std::i
             .default_service(web::to(routes::not_found))
     })
     .disable_signals()
+    // A request head (line and headers) must arrive within 5 s (else 408 and the
+    // connection is closed: slow-header attacks hold nothing for long).
+    .client_request_timeout(Duration::from_secs(5))
     .shutdown_timeout(cfg.shutdown_timeout.as_secs());
     if cfg.workers > 0 {
         server = server.workers(cfg.workers);

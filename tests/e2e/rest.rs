@@ -957,3 +957,68 @@ fn bi_exports_stream_state_and_inventory_with_a_read_only_key() {
         .unwrap();
     assert_eq!(r.status(), 403);
 }
+
+#[test]
+fn traversal_ids_and_slow_headers_are_refused() {
+    use std::io::{Read, Write};
+    let (_dir, l, t) = start(&[]);
+    let sys = first_system(&l, &t);
+    for path in [
+        format!("{V2}/zones/..%2F..%2Fetc%2Fpasswd"),
+        format!("{V2}/modules/..%2Fsecrets/state"),
+        format!("{V2}/systems/{sys}/..%2F..%2Fetc/power"),
+        format!("{V2}/drivers/%2e%2e%2f%2e%2e/metadata"),
+    ] {
+        let (s, v) = json_of(l.get(&t, &path));
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (404, Some("not_found")),
+            "{path}: {v}"
+        );
+    }
+    // Slowloris: headers trickled in are cut off (actix's 5 s request-head timeout), the
+    // connection closed; the server keeps answering others meanwhile.
+    let addr = l.url("").trim_start_matches("http://").to_string();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.set_read_timeout(Some(std::time::Duration::from_millis(250)))
+        .unwrap();
+    slow.write_all(format!("GET {V2}/health HTTP/1.1\r\nHost: x\r\n").as_bytes())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let cut = loop {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(12),
+            "a request whose headers never end was not cut off"
+        );
+        if slow.write_all(b"X-Slow: a\r\n").is_err() {
+            break true;
+        }
+        let mut buf = [0u8; 512];
+        match slow.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break true,
+        }
+        assert_eq!(
+            client()
+                .get(l.url(&format!("{V2}/health")))
+                .send()
+                .unwrap()
+                .status(),
+            200
+        );
+    };
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        cut && (text.is_empty() || text.starts_with("HTTP/1.1 408")),
+        "{text}"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(4),
+        "cut too early"
+    );
+}
