@@ -30,6 +30,9 @@ pub enum RefreshOutcome {
 pub struct Sessions {
     store: Arc<dyn Store>,
     lifetime: Duration,
+    /// Sessions as access tokens name them on every request; emptied by any session
+    /// change through this process (a refresh, a logout, a revocation), else kept 5 s.
+    live: lintel_store::FeedCache<(String, String), Option<Session>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> AuthError {
@@ -66,7 +69,17 @@ pub fn parse_refresh_token(token: &str) -> Option<(&str, &str, &str)> {
 impl Sessions {
     /// `lifetime`: how long a session lasts from sign-in, however often it refreshes.
     pub fn new(store: Arc<dyn Store>, lifetime: Duration) -> Self {
-        Sessions { store, lifetime }
+        let live = lintel_store::FeedCache::new(
+            store.changes(),
+            &[lintel_model::IdKind::Session],
+            Duration::from_secs(5),
+            10_000,
+        );
+        Sessions {
+            store,
+            lifetime,
+            live,
+        }
     }
 
     /// Start a session for a user who just signed in; returns it and its first refresh
@@ -100,12 +113,21 @@ impl Sessions {
 
     /// Whether the session is live (exists, not revoked, not expired).
     pub async fn check(&self, tenant_id: &str, session_id: &str) -> Result<Session, AuthError> {
-        let session: Session = self
-            .store
-            .get(tenant_id, session_id)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| AuthError::InvalidToken("the session has ended".into()))?;
+        let key = (tenant_id.to_owned(), session_id.to_owned());
+        let found = match self.live.get(&key) {
+            Ok(found) => found,
+            Err(ticket) => {
+                let found: Option<Session> = self
+                    .store
+                    .get(tenant_id, session_id)
+                    .await
+                    .map_err(internal)?;
+                self.live.insert(key, found.clone(), ticket);
+                found
+            }
+        };
+        let session =
+            found.ok_or_else(|| AuthError::InvalidToken("the session has ended".into()))?;
         if session.revoked_at.is_some() {
             return Err(AuthError::InvalidToken("the session was revoked".into()));
         }

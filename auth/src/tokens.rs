@@ -82,6 +82,10 @@ pub struct TokenService {
     key_max_age: Duration,
     verify_keys: RwLock<HashMap<String, Arc<CachedKey>>>,
     signing: RwLock<HashMap<String, Arc<ActiveKey>>>,
+    /// Tokens already verified (a client sends the same one with every request): the
+    /// signature is checked once per token and 5 s. Emptied by any signing-key change;
+    /// `exp` is checked on every use.
+    verified: lintel_store::FeedCache<String, VerifiedToken>,
 }
 
 fn internal(e: impl std::fmt::Display) -> AuthError {
@@ -102,12 +106,18 @@ impl TokenService {
         key_max_age: Duration,
     ) -> Self {
         TokenService {
-            store,
             keyring,
             ttl,
             key_max_age,
             verify_keys: RwLock::new(HashMap::new()),
             signing: RwLock::new(HashMap::new()),
+            verified: lintel_store::FeedCache::new(
+                store.changes(),
+                &[IdKind::SigningKey],
+                Duration::from_secs(5),
+                10_000,
+            ),
+            store,
         }
     }
 
@@ -148,6 +158,18 @@ impl TokenService {
     /// the signature must verify with it, `iss` must be Lintel, `aud` the domain of the
     /// key's tenant, and `exp`/`nbf` hold within [`LEEWAY_SECS`].
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+        let ticket = match self.verified.get(&token.to_owned()) {
+            Ok(v) if v.claims.exp + LEEWAY_SECS > now_unix() as u64 => return Ok(v),
+            Ok(_) => return Err(invalid("the token has expired")),
+            Err(ticket) => ticket,
+        };
+        let verified = self.verify_signed(token).await?;
+        self.verified
+            .insert(token.to_owned(), verified.clone(), ticket);
+        Ok(verified)
+    }
+
+    async fn verify_signed(&self, token: &str) -> Result<VerifiedToken, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| invalid("the token is not a well-formed JWT"))?;
         if header.alg != Algorithm::EdDSA {
