@@ -841,15 +841,14 @@ pub async fn audit(
     req: HttpRequest,
     params: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse> {
-    let opts = list_options(&params)?;
+    let mut opts = list_options(&params)?;
+    // As `StoreExt::audit_log`, with `offset` honoured too (the `Link` header uses it).
+    if let Some(record) = params.get("record_id") {
+        opts.index = Some(("record".into(), record.clone()));
+    }
     let page = state
         .store
-        .audit_log(
-            &p.tenant_id,
-            params.get("record_id").map(String::as_str),
-            opts.after.clone(),
-            opts.limit,
-        )
+        .list::<lintel_model::AuditEntry>(&p.tenant_id, opts.clone())
         .await?;
     Ok(paged(
         &req,

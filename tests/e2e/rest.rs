@@ -120,6 +120,19 @@ fn lists_page_with_placeos_headers_and_links() {
         seen.extend(page);
     }
     assert_eq!((pages, seen.len()), (3, 5));
+    // The audit trail pages the same way (its link moves on).
+    let r = l.get(&t, &format!("{V2}/audit?limit=2"));
+    let link = r.headers()["link"].to_str().unwrap().to_string();
+    let first: Vec<Value> = r.json().unwrap();
+    let next = link
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap()
+        .to_string();
+    let second: Vec<Value> = l.get(&t, &next).json().unwrap();
+    assert_eq!((first.len(), second.len()), (2, 2));
+    assert_ne!(first[0]["id"], second[0]["id"], "{link}");
     let mut ids: Vec<&str> = seen.iter().map(|z| z["id"].as_str().unwrap()).collect();
     ids.dedup();
     assert_eq!(ids.len(), 5);
