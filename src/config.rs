@@ -40,6 +40,7 @@ pub struct Config {
     pub auth: Auth,
     pub secrets: Secrets,
     pub bootstrap: Bootstrap,
+    pub websocket: Websocket,
     /// The first-run admin password (prefer `admin_password_file`).
     #[serde(skip_serializing)]
     pub admin_password: Option<Secret>,
@@ -63,6 +64,57 @@ pub struct Http {
     /// Browser origins (`https://app.example.com`) allowed to call the API from another
     /// site (CORS); empty = none, `["*"]` = any (credentials are headers, never cookies).
     pub cors_origins: Vec<String>,
+}
+
+/// The WebSocket endpoint (`/api/engine/v2/systems/control`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Websocket {
+    /// Browser origins allowed to connect besides the server's own, `http.public_url` and
+    /// `http.cors_origins`; `["*"]` = any.
+    pub allowed_origins: Vec<String>,
+    /// Largest frame a client may send (a bigger one closes the connection, 1009).
+    pub max_frame_bytes: usize,
+    /// Bindings one connection may hold.
+    pub max_binds: usize,
+    /// Requests read per second per connection, after a burst of `message_burst`
+    /// (beyond, the server reads more slowly; nothing is dropped).
+    pub messages_per_second: u32,
+    pub message_burst: u32,
+    /// Execs one connection may have running at once.
+    pub max_inflight_execs: usize,
+    /// Frames queued for a client before its values coalesce to the latest per binding.
+    pub outbound_frames: usize,
+    /// Bytes queued for a client before values coalesce; twice this closes it (1008).
+    pub outbound_bytes: usize,
+    /// A client whose queue stays full this long is closed (1008).
+    pub slow_client_secs: u64,
+    /// How often the server pings each client.
+    pub ping_interval_secs: u64,
+    /// A client that sends nothing (not even a pong) this long is closed.
+    pub idle_timeout_secs: u64,
+}
+
+impl Websocket {
+    /// The API's WebSocket settings, with the other origins browsers may come from.
+    pub fn api_config(&self, http: &Http) -> lintel_api::ws::WsConfig {
+        let mut allowed_origins = self.allowed_origins.clone();
+        allowed_origins.extend(http.cors_origins.iter().cloned());
+        lintel_api::ws::WsConfig {
+            max_frame_bytes: self.max_frame_bytes,
+            max_binds: self.max_binds,
+            messages_per_second: self.messages_per_second,
+            message_burst: self.message_burst,
+            max_inflight_execs: self.max_inflight_execs,
+            outbound_frames: self.outbound_frames,
+            outbound_bytes: self.outbound_bytes,
+            slow_client_timeout: std::time::Duration::from_secs(self.slow_client_secs),
+            ping_interval: std::time::Duration::from_secs(self.ping_interval_secs),
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
+            shutdown_grace: std::time::Duration::from_secs(http.shutdown_timeout_secs),
+            allowed_origins,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -248,6 +300,22 @@ impl Default for Config {
                 master_key: None,
                 master_key_file: None,
             },
+            websocket: {
+                let d = lintel_api::ws::WsConfig::default();
+                Websocket {
+                    allowed_origins: Vec::new(),
+                    max_frame_bytes: d.max_frame_bytes,
+                    max_binds: d.max_binds,
+                    messages_per_second: d.messages_per_second,
+                    message_burst: d.message_burst,
+                    max_inflight_execs: d.max_inflight_execs,
+                    outbound_frames: d.outbound_frames,
+                    outbound_bytes: d.outbound_bytes,
+                    slow_client_secs: d.slow_client_timeout.as_secs(),
+                    ping_interval_secs: d.ping_interval.as_secs(),
+                    idle_timeout_secs: d.idle_timeout.as_secs(),
+                }
+            },
             bootstrap: Bootstrap {
                 tenant_name: "Demo".into(),
                 domain: "localhost".into(),
@@ -347,6 +415,78 @@ impl Config {
                     format!("`{origin}` is not an origin (scheme://host[:port], or `*`)"),
                 ));
             }
+        }
+        let ws = &self.websocket;
+        for origin in &ws.allowed_origins {
+            if !lintel_api::valid_cors_origin(origin) {
+                return Err(invalid(
+                    "websocket.allowed_origins",
+                    format!("`{origin}` is not an origin (scheme://host[:port], or `*`)"),
+                ));
+            }
+        }
+        let ranges: [(&str, u64, u64, u64); 10] = [
+            (
+                "websocket.max_frame_bytes",
+                ws.max_frame_bytes as u64,
+                1024,
+                16 << 20,
+            ),
+            ("websocket.max_binds", ws.max_binds as u64, 1, 100_000),
+            (
+                "websocket.messages_per_second",
+                ws.messages_per_second.into(),
+                1,
+                100_000,
+            ),
+            (
+                "websocket.message_burst",
+                ws.message_burst.into(),
+                1,
+                100_000,
+            ),
+            (
+                "websocket.max_inflight_execs",
+                ws.max_inflight_execs as u64,
+                1,
+                10_000,
+            ),
+            (
+                "websocket.outbound_frames",
+                ws.outbound_frames as u64,
+                16,
+                1_000_000,
+            ),
+            (
+                "websocket.outbound_bytes",
+                ws.outbound_bytes as u64,
+                64 << 10,
+                1 << 30,
+            ),
+            ("websocket.slow_client_secs", ws.slow_client_secs, 1, 3600),
+            (
+                "websocket.ping_interval_secs",
+                ws.ping_interval_secs,
+                1,
+                3600,
+            ),
+            (
+                "websocket.idle_timeout_secs",
+                ws.idle_timeout_secs,
+                2,
+                86_400,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(key, format!("must be between {min} and {max}")));
+            }
+        }
+        if ws.idle_timeout_secs <= ws.ping_interval_secs {
+            return Err(invalid(
+                "websocket.idle_timeout_secs",
+                "must be longer than websocket.ping_interval_secs (a client answers pings)",
+            ));
         }
         if self.http.shutdown_timeout_secs > 600 {
             return Err(invalid("http.shutdown_timeout_secs", "must be at most 600"));

@@ -167,6 +167,7 @@ pub async fn serve(
         workers: cfg.http.workers,
         shutdown_timeout: Duration::from_secs(cfg.http.shutdown_timeout_secs),
         cors_origins: cfg.http.cors_origins.clone(),
+        websocket: cfg.websocket.api_config(&cfg.http),
     };
     let state = AppState {
         engine: engine.clone(),
@@ -183,7 +184,7 @@ pub async fn serve(
         version: env!("CARGO_PKG_VERSION"),
         users: AppState::users_cache(&store),
     };
-    let server =
+    let (server, websockets) =
         lintel_api::serve(listener, &http, state).context("cannot start the HTTP server")?;
     let handle = server.handle();
     let mut server_task = tokio::spawn(server);
@@ -222,6 +223,9 @@ pub async fn serve(
         signal = reason,
         "shutting down: finishing in-flight requests"
     );
+    // WebSocket clients first: the replies of their running execs, then a close frame
+    // saying why. Then the HTTP requests in flight.
+    websockets.close(http.shutdown_timeout).await;
     handle.stop(true).await;
     let _ = server_task.await;
     follow.cancel();

@@ -380,8 +380,9 @@ async fn lintel() -> Result<Lintel, BoxError> {
         workers: SERVER_WORKERS,
         shutdown_timeout: Duration::from_secs(1),
         cors_origins: Vec::new(),
+        websocket: Default::default(),
     };
-    tokio::spawn(lintel_api::serve(listener, &http, state)?);
+    tokio::spawn(lintel_api::serve(listener, &http, state)?.0);
     let started = engine.start_all().await?;
     if started != displays.len() {
         return Err(format!("{started} modules started, expected {}", displays.len()).into());

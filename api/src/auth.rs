@@ -19,19 +19,37 @@ const MAX_CREDENTIAL: usize = 8 * 1024;
 /// Header a sysadmin sets to act in another tenant.
 pub const TENANT_HEADER: &str = "X-Tenant-Id";
 
-enum Presented {
-    Bearer(String),
-    ApiKey(String),
+/// The credential a request presented (kept by a WebSocket session to check, on every
+/// bind and exec, that it is still good; zeroed when dropped).
+pub(crate) enum Presented {
+    Bearer(zeroize::Zeroizing<String>),
+    ApiKey(zeroize::Zeroizing<String>),
 }
 
-fn presented(req: &HttpRequest) -> Result<Presented, ApiError> {
-    if let Some(h) = req.headers().get(API_KEY_HEADER) {
+/// Where a credential may come from besides the headers.
+#[derive(Clone, Copy)]
+pub(crate) enum Sources {
+    /// REST: `Authorization`, `X-API-Key`, or `?bearer_token=`.
+    Rest,
+    /// The WebSocket handshake also takes `?api-key=` and the `bearer_token` / `api-key`
+    /// cookies, as `@placeos/ts-client` sends them (browsers cannot set headers on a
+    /// WebSocket); the handshake's Origin check is what makes cookies safe there.
+    WebSocket,
+}
+
+pub(crate) fn presented(
+    headers: &header::HeaderMap,
+    query: &str,
+    sources: Sources,
+) -> Result<Presented, ApiError> {
+    let secret = |s: &str| zeroize::Zeroizing::new(s.trim().to_owned());
+    if let Some(h) = headers.get(API_KEY_HEADER) {
         let v = h
             .to_str()
             .map_err(|_| ApiError::Unauthorized("malformed API key".into()))?;
-        return Ok(Presented::ApiKey(v.trim().to_owned()));
+        return Ok(Presented::ApiKey(secret(v)));
     }
-    if let Some(h) = req.headers().get(header::AUTHORIZATION) {
+    if let Some(h) = headers.get(header::AUTHORIZATION) {
         let v = h
             .to_str()
             .map_err(|_| ApiError::Unauthorized("malformed Authorization header".into()))?;
@@ -43,13 +61,89 @@ fn presented(req: &HttpRequest) -> Result<Presented, ApiError> {
                 "only Bearer authorization is accepted".into(),
             ));
         }
-        return Ok(Presented::Bearer(token.trim().to_owned()));
+        return Ok(Presented::Bearer(secret(token)));
     }
-    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
-        .ok()
-        .and_then(|q| q.get("bearer_token").cloned())
-        .map(Presented::Bearer)
-        .ok_or_else(|| ApiError::Unauthorized("missing bearer token or API key".into()))
+    let query: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| secret(v))
+    };
+    if let Some(t) = param("bearer_token") {
+        return Ok(Presented::Bearer(t));
+    }
+    if let Sources::WebSocket = sources {
+        if let Some(k) = param("api-key") {
+            return Ok(Presented::ApiKey(k));
+        }
+        for h in headers.get_all(header::COOKIE) {
+            let Ok(h) = h.to_str() else { continue };
+            for c in h
+                .split(';')
+                .filter_map(|c| cookie::Cookie::parse(c.trim()).ok())
+            {
+                match c.name() {
+                    "bearer_token" => return Ok(Presented::Bearer(secret(c.value()))),
+                    "api-key" => return Ok(Presented::ApiKey(secret(c.value()))),
+                    _ => {}
+                }
+            }
+        }
+    }
+    Err(ApiError::Unauthorized(
+        "missing bearer token or API key".into(),
+    ))
+}
+
+/// Who presented `credential`, acting in `switch_tenant` when given (sysadmins only).
+pub(crate) async fn authenticate(
+    state: &AppState,
+    credential: &Presented,
+    switch_tenant: Option<&str>,
+) -> Result<Principal, ApiError> {
+    let mut principal = match credential {
+        Presented::Bearer(t) | Presented::ApiKey(t) if t.len() > MAX_CREDENTIAL => {
+            return Err(ApiError::Unauthorized("credential too large".into()));
+        }
+        Presented::Bearer(t) => from_token(state, t).await?,
+        Presented::ApiKey(k) => from_api_key(state, k).await?,
+    };
+    if let Some(tenant) = switch_tenant {
+        act_in_tenant(state, &mut principal, tenant).await?;
+    }
+    Ok(principal)
+}
+
+/// A long-lived connection's credential checked again: the user still exists, is enabled
+/// and has these roles now; the sign-in session or API key is not revoked. A token's
+/// expiry is not checked again (PlaceOS keeps a WebSocket open past it, and its client
+/// does not reconnect to present a new token). Answers the principal with its roles now,
+/// in `tenant` (the one the connection acts in).
+pub(crate) async fn revalidate(
+    state: &AppState,
+    credential: &Presented,
+    home: &Principal,
+    tenant: &str,
+) -> Result<Principal, ApiError> {
+    let mut principal = match (credential, &home.credential) {
+        (Presented::ApiKey(k), _) => from_api_key(state, k).await?,
+        (Presented::Bearer(_), Credential::Token { session_id }) => {
+            let user = live_user(state, &home.tenant_id, &home.user_id).await?;
+            if let Some(sid) = session_id {
+                state.sessions.check(&home.tenant_id, sid).await?;
+            }
+            Principal {
+                roles: user.roles,
+                ..home.clone()
+            }
+        }
+        (Presented::Bearer(_), Credential::ApiKey { .. }) => {
+            return Err(ApiError::Unauthorized("credential changed".into()));
+        }
+    };
+    act_in_tenant(state, &mut principal, tenant).await?;
+    Ok(principal)
 }
 
 impl FromRequest for Authenticated {
@@ -58,7 +152,7 @@ impl FromRequest for Authenticated {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
-        let credential = presented(req);
+        let credential = presented(req.headers(), req.query_string(), Sources::Rest);
         let permission = crate::endpoints::permission(req.method(), req.match_pattern().as_deref());
         let switch_tenant = req
             .headers()
@@ -66,27 +160,27 @@ impl FromRequest for Authenticated {
             .map(|v| v.to_str().map(str::to_owned));
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("app state missing".into()))?;
-            let mut principal = match credential? {
-                Presented::Bearer(t) | Presented::ApiKey(t) if t.len() > MAX_CREDENTIAL => {
-                    return Err(ApiError::Unauthorized("credential too large".into()));
-                }
-                Presented::Bearer(t) => from_token(&state, &t).await?,
-                Presented::ApiKey(k) => from_api_key(&state, &k).await?,
-            };
-            if let Some(tenant) = switch_tenant {
-                let tenant = tenant
-                    .map_err(|_| ApiError::BadRequest(format!("malformed {TENANT_HEADER}")))?;
-                act_in_tenant(&state, &mut principal, &tenant).await?;
-            }
-            match permission {
-                None => {
-                    return Err(ApiError::Internal("route has no permission entry".into()));
-                }
-                Some(None) => {}
-                Some(Some((resource, action))) => principal.check(resource, action)?,
-            }
+            let credential = credential?;
+            let switch_tenant = switch_tenant
+                .transpose()
+                .map_err(|_| ApiError::BadRequest(format!("malformed {TENANT_HEADER}")))?;
+            let principal = authenticate(&state, &credential, switch_tenant.as_deref()).await?;
+            authorize(&principal, permission)?;
             Ok(Authenticated(principal))
         })
+    }
+}
+
+/// Whether `principal` may use a route with this permission entry (`None`: the route has
+/// no entry, and is refused).
+pub(crate) fn authorize(
+    principal: &Principal,
+    permission: Option<Option<(lintel_auth::Resource, lintel_auth::Action)>>,
+) -> Result<(), ApiError> {
+    match permission {
+        None => Err(ApiError::Internal("route has no permission entry".into())),
+        Some(None) => Ok(()),
+        Some(Some((resource, action))) => Ok(principal.check(resource, action)?),
     }
 }
 

@@ -55,7 +55,34 @@ pub(crate) fn endpoints() -> Vec<Endpoint> {
     use Resource as R;
     let sys = format!("{V2}/systems/{{id}}");
     let module = format!("{V2}/modules/{{id}}");
-    let mut out = Vec::new();
+    let mut out = vec![Endpoint {
+        query: vec![
+            (
+                "bearer_token",
+                "An access token (browsers cannot set headers on a WebSocket)",
+            ),
+            ("api-key", "An API key, as `@placeos/ts-client` sends it"),
+            (
+                "fixed_device",
+                "PlaceOS's flag for a fixed panel; accepted and ignored",
+            ),
+        ],
+        reply: Reply::Other(
+            101,
+            &[],
+            "Switching Protocols: PlaceOS's control protocol follows (see docs/websocket.md). \
+             Without an `Upgrade: websocket` request: 426.",
+        ),
+        ..Endpoint::new(
+            M::GET,
+            crate::ws::CONTROL_PATH,
+            needs(R::State, Read),
+            "control",
+            "WebSocket: bind to status keys, call functions and follow module logs \
+             (PlaceOS's control protocol)",
+            || web::get().to(websocket_required),
+        )
+    }];
     for (path, summary) in [
         (
             "types",
@@ -399,6 +426,15 @@ async fn module_exec(
         .exec(&p.tenant_id, &module.id, &function, args)
         .await?;
     Ok(HttpResponse::Ok().json(result))
+}
+
+/// The control endpoint called without the WebSocket upgrade (an upgrade never gets here:
+/// `crate::ws` takes it).
+async fn websocket_required(Authenticated(_): Authenticated) -> Result<HttpResponse> {
+    Err(ApiError::UpgradeRequired(format!(
+        "{} is a WebSocket endpoint: connect with an `Upgrade: websocket` request",
+        crate::ws::CONTROL_PATH
+    )))
 }
 
 /// PlaceOS keeps state as JSON text and answers it so: each value JSON-encoded.

@@ -1,5 +1,6 @@
 //! The one mapping from domain errors to HTTP responses.
 
+use crate::ws::{ErrorCode, WsError};
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
 use lintel_auth::AuthError;
@@ -24,6 +25,9 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A WebSocket route called without the upgrade.
+    #[error("{0}")]
+    UpgradeRequired(String),
     #[error("{0}")]
     Driver(String),
     #[error("{0}")]
@@ -42,12 +46,20 @@ pub enum ApiError {
 }
 
 #[derive(Serialize)]
-struct Body<'a> {
+pub(crate) struct Body<'a> {
     error: &'a str,
     message: String,
 }
 
 impl ApiError {
+    /// The error's JSON body.
+    pub(crate) fn body(&self) -> Body<'static> {
+        Body {
+            error: self.code(),
+            message: self.to_string(),
+        }
+    }
+
     fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized(_) => "unauthorized",
@@ -57,6 +69,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::UpgradeRequired(_) => "upgrade_required",
             ApiError::Driver(_) => "driver_error",
             ApiError::Timeout(_) => "timeout",
             ApiError::Unavailable(_) => "unavailable",
@@ -77,6 +90,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UpgradeRequired(_) => StatusCode::UPGRADE_REQUIRED,
             ApiError::Driver(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +107,9 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized(_) => {
                 r.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::UpgradeRequired(_) => {
+                r.insert_header((header::UPGRADE, "websocket"));
             }
             ApiError::Unavailable(_) => {
                 r.insert_header((header::RETRY_AFTER, "1"));
@@ -126,6 +143,49 @@ impl From<EngineError> for ApiError {
             EngineError::Internal(m) => ApiError::Internal(m),
         }
     }
+}
+
+/// The WebSocket's side of the mapping: PlaceOS's error code, with the HTTP status the
+/// same error has on REST as `code`.
+impl From<ApiError> for WsError {
+    fn from(e: ApiError) -> Self {
+        let code = match &e {
+            ApiError::Unauthorized(_) | ApiError::Forbidden(_) => ErrorCode::AccessDenied,
+            ApiError::NotFound(_) => ErrorCode::ModuleNotFound,
+            ApiError::BadRequest(_)
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::MethodNotAllowed(_)
+            | ApiError::UpgradeRequired(_) => ErrorCode::BadRequest,
+            ApiError::Conflict(_)
+            | ApiError::Driver(_)
+            | ApiError::Timeout(_)
+            | ApiError::TooManyRequests(_) => ErrorCode::RequestFailed,
+            ApiError::Unavailable(_) | ApiError::BadGateway(_) | ApiError::Internal(_) => {
+                ErrorCode::UnexpectedFailure
+            }
+        };
+        if let ApiError::Internal(detail) = &e {
+            tracing::error!(%detail, "internal error");
+        }
+        WsError::new(code, e.status_code().as_u16(), e.to_string())
+    }
+}
+
+/// An engine error on the WebSocket: as on REST, but a missing system and a missing module
+/// have their own PlaceOS codes, and a driver's failure reads as PlaceOS words it.
+pub(crate) fn ws_error(e: EngineError) -> WsError {
+    let (code, status) = match &e {
+        EngineError::SystemNotFound(_) => (ErrorCode::SystemNotFound, 404),
+        EngineError::ModuleNotFound(_) | EngineError::ModuleNotRunning(_) => {
+            (ErrorCode::ModuleNotFound, 404)
+        }
+        EngineError::FunctionNotFound { .. } => (ErrorCode::BadRequest, 404),
+        EngineError::Driver(m) => {
+            return WsError::new(ErrorCode::RequestFailed, 500, format!("module raised: {m}"));
+        }
+        _ => return ApiError::from(e).into(),
+    };
+    WsError::new(code, status, e.to_string())
 }
 
 impl From<StoreError> for ApiError {

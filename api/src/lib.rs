@@ -10,6 +10,7 @@ pub mod openapi;
 mod resources;
 mod routes;
 mod sso;
+pub mod ws;
 
 pub use auth::Authenticated;
 pub use error::ApiError;
@@ -18,7 +19,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next, from_fn};
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, web};
 use lintel_auth::{
     ApiKeys, Keyring, LoginLimiter, OidcClient, PasswordHasher, Sessions, TokenService,
 };
@@ -82,6 +83,8 @@ pub struct HttpConfig {
     pub shutdown_timeout: Duration,
     /// Browser origins allowed to call the API from other sites (CORS); `*` = any.
     pub cors_origins: Vec<String>,
+    /// The WebSocket endpoint's limits and timers.
+    pub websocket: ws::WsConfig,
 }
 
 /// Whether `origin` is a CORS origin: `*`, or `scheme://host[:port]` with nothing after.
@@ -137,13 +140,7 @@ async fn observe(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let id = req
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()));
+    let id = request_id(req.headers());
     let (method, path) = (req.method().clone(), req.path().to_owned());
     let started = Instant::now();
     let mut res = next.call(req).await?;
@@ -156,6 +153,16 @@ async fn observe(
     metrics::counter!("lintel_http_requests_total", "status" => status.to_string()).increment(1);
     metrics::histogram!("lintel_http_request_seconds").record(ms / 1000.0);
     Ok(res)
+}
+
+/// The request's id: the client's `X-Request-Id` when it is sensible, else a new one.
+pub(crate) fn request_id(headers: &actix_web::http::header::HeaderMap) -> String {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
 }
 
 /// A client error actix answered itself (a body over the limit, a method the path does
@@ -196,12 +203,27 @@ fn json_error<B>(
 }
 
 /// Serve the API on an already-bound listener (bound first, so a taken port fails before
-/// anything is written). The returned server runs when awaited; stop it with its handle.
-pub fn serve(listener: TcpListener, cfg: &HttpConfig, state: AppState) -> std::io::Result<Server> {
+/// anything is written). The returned server runs when awaited; stop it with its handle,
+/// after closing the WebSocket sessions with the returned [`ws::WsShutdown`] (so their
+/// clients are told why).
+///
+/// The server is actix-web's app inside actix's HTTP/1 service, with the service's upgrade
+/// hook taking WebSocket handshakes ([`ws`]).
+pub fn serve(
+    listener: TcpListener,
+    cfg: &HttpConfig,
+    state: AppState,
+) -> std::io::Result<(Server, ws::WsShutdown)> {
+    use actix_service::{
+        IntoServiceFactory, ServiceFactoryExt, fn_factory, fn_service, map_config,
+    };
     let state = web::Data::new(state);
     let max_body = cfg.max_body_bytes;
     let origins = cfg.cors_origins.clone();
-    let mut server = HttpServer::new(move || {
+    let ws = ws::shared(state.clone(), cfg.websocket.clone());
+    let shutdown = ws::shutdown_handle(&ws);
+    let addr = listener.local_addr()?;
+    let app = move || {
         App::new()
             .app_data(state.clone())
             .app_data(web::PayloadConfig::new(max_body))
@@ -218,14 +240,35 @@ pub fn serve(listener: TcpListener, cfg: &HttpConfig, state: AppState) -> std::i
             .wrap(from_fn(observe))
             .configure(|c| endpoints::configure(c, max_body))
             .default_service(web::to(routes::not_found))
-    })
-    .disable_signals()
-    // A request head (line and headers) must arrive within 5 s (else 408 and the
-    // connection is closed: slow-header attacks hold nothing for long).
-    .client_request_timeout(Duration::from_secs(5))
-    .shutdown_timeout(cfg.shutdown_timeout.as_secs());
+    };
+    let mut server = actix_server::Server::build()
+        .disable_signals()
+        .shutdown_timeout(cfg.shutdown_timeout.as_secs());
     if cfg.workers > 0 {
         server = server.workers(cfg.workers);
     }
-    Ok(server.listen(listener)?.run())
+    let server = server.listen("lintel-http", listener, move || {
+        let ws = ws.clone();
+        let app = app()
+            .into_factory()
+            .map_err(|e: actix_web::Error| e.error_response());
+        actix_http::HttpService::build()
+            // A request head (line and headers) must arrive within 5 s (else 408 and the
+            // connection is closed: slow-header attacks hold nothing for long).
+            .client_request_timeout(Duration::from_secs(5))
+            .local_addr(addr)
+            .upgrade(fn_factory(move || {
+                let ws = ws.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(fn_service(
+                        move |(req, framed): (actix_http::Request, _)| {
+                            ws::upgrade(ws.clone(), req, framed)
+                        },
+                    ))
+                }
+            }))
+            .finish(map_config(app, |_| actix_web::dev::AppConfig::default()))
+            .tcp()
+    })?;
+    Ok((server.run(), shutdown))
 }

@@ -526,6 +526,9 @@ impl ModuleActor {
             Event::Received(frames) => {
                 let mut frames = frames.into_iter();
                 while let Some(data) = frames.next() {
+                    if let Some(tap) = &self.log_tap {
+                        tap.traffic("received", &data);
+                    }
                     self.received(inst, run, data).await?;
                     // What the frame caused (a finished command) reaches the driver before
                     // the frames after it.
@@ -761,6 +764,9 @@ impl ModuleActor {
             match effect {
                 Effect::Write(data) => {
                     let Some(out) = &self.outbound else { continue };
+                    if let Some(tap) = &self.log_tap {
+                        tap.traffic("sent", &data);
+                    }
                     if let Err(e) = out.try_send(Outbound::Write(data)) {
                         let why = match e {
                             mpsc::error::TrySendError::Full(_) => "the device is not keeping up",

@@ -101,6 +101,20 @@ pub enum LogTap {
 }
 
 impl LogTap {
+    /// A device frame sent or received, as a debug line for whoever is debugging the
+    /// module (as PlaceOS's debug shows a module's traffic); nothing is built when nobody
+    /// is, and the test harness's collected lines are the driver's own only.
+    pub(crate) fn traffic(&self, direction: &str, data: &[u8]) {
+        if let LogTap::Debug(tx) = self
+            && tx.receiver_count() > 0
+        {
+            let _ = tx.send(LogLine {
+                level: LogLevel::Debug,
+                message: format!("{direction}: {}", printable(data)),
+            });
+        }
+    }
+
     fn send(&self, level: LogLevel, message: &str) {
         match self {
             LogTap::Collect(tx) => {
@@ -118,6 +132,27 @@ impl LogTap {
             LogTap::Debug(_) => {}
         }
     }
+}
+
+/// Bytes as text for a log line: printable ASCII as is, the rest escaped (`\r`, `\x02`),
+/// cut after 256 bytes.
+pub(crate) fn printable(data: &[u8]) -> String {
+    const MAX: usize = 256;
+    let mut out = String::with_capacity(data.len().min(MAX) + 16);
+    for &b in data.iter().take(MAX) {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    if data.len() > MAX {
+        out.push_str(&format!("… ({} bytes)", data.len()));
+    }
+    out
 }
 
 /// Simple token bucket over the module's millisecond clock.
@@ -710,6 +745,17 @@ mod tests {
             delay_ms: 0,
             name: None,
         }
+    }
+
+    #[test]
+    fn traffic_reads_as_text_with_the_rest_escaped() {
+        assert_eq!(printable(b"POWER ON\r\n"), "POWER ON\\r\\n");
+        assert_eq!(printable(&[0x02, b'a', 0xff, b'\\']), "\\x02a\\xff\\\\");
+        let long = printable(&[b'x'; 300]);
+        assert!(
+            long.starts_with(&"x".repeat(256)) && long.ends_with("(300 bytes)"),
+            "{long}"
+        );
     }
 
     #[test]

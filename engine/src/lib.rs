@@ -31,7 +31,7 @@ pub use runtime::{
     Budget, DriverInfo, DriverRuntime, FunctionInfo, ParameterInfo, SUPPORTED_ABI, SandboxLimits,
     TransportKind, sha256_hex,
 };
-pub use state::{Snapshot, StatusBus, StatusChange};
+pub use state::{ModuleStatus, Snapshot, StatusBus, StatusChange};
 pub use timers::{MAX_TIMERS, Schedule};
 pub use transport::{CONNECTION_ERROR_KEY, InProcessEndpoint, MAX_FRAME_BYTES, Target};
 

@@ -194,6 +194,15 @@ impl StatusBus {
         (rx, self.snapshot_seq(module_id))
     }
 
+    /// One key's value with the sequence number of the module's latest change (every
+    /// change of the module numbered at or below it is reflected); `None` if the engine
+    /// has no state for the module.
+    pub fn get_seq(&self, module_id: &str, key: &str) -> Option<(Option<Arc<Value>>, u64)> {
+        let m = self.modules.read().get(module_id)?.clone();
+        let m = m.lock();
+        Some((m.values.get(key).cloned(), m.seq))
+    }
+
     pub fn get(&self, module_id: &str, key: &str) -> Option<Arc<Value>> {
         let m = self.modules.read().get(module_id)?.clone();
         m.lock().values.get(key).cloned()

@@ -4,7 +4,10 @@
 //   LINTEL_URL=http://127.0.0.1:8080 LINTEL_USER=admin@lintel.local LINTEL_PASSWORD=... node compat.mjs
 //
 // Optional: LINTEL_COMPAT_TIMEOUT_MS (overall limit, default 60000), LINTEL_COMPAT_TRACE=1
-// (print every HTTP request the client makes; =2 also turns on the client's own debug log).
+// (print every HTTP request the client makes; =2 also turns on the client's own debug log),
+// LINTEL_COMPAT_RESTART=1: the script prints `RESTART LINTEL` and waits for a line on stdin
+// once its supervisor has restarted the server (same address and data), to check that
+// the client reconnects and rebinds; without it that check is reported as skipped.
 //
 // Prints one `ok - ...` line per passed check on stdout; on any mismatch or thrown call it
 // prints `FAIL - <check>: <difference>` with the HTTP requests of that check on stderr and
@@ -89,7 +92,20 @@ g.document = {
     createElement: () => ({ style: {} }),
 };
 if (!g.navigator) g.navigator = { userAgent: 'node', platform: 'node' };
-if (!g.WebSocket) g.WebSocket = WsWebSocket;
+// A browser's WebSocket: it sends the page's Origin and the cookie the client set for the
+// WebSocket route (`bearer_token=…`, how @placeos/ts-client authenticates it by default).
+const sockets = [];
+class BrowserWebSocket extends WsWebSocket {
+    constructor(url, protocols) {
+        const headers = { Origin: page.origin };
+        const cookie = String(g.document.cookie || '').split(';')[0].trim();
+        if (cookie.includes('=')) headers.Cookie = cookie;
+        super(url, protocols, { headers });
+        sockets.push(redactUrl(String(url).replace(/^ws/, 'http')));
+        if (TRACE) console.error(`  ws: ${sockets[sockets.length - 1]}${headers.Cookie ? ' [cookie]' : ''}`);
+    }
+}
+g.WebSocket = BrowserWebSocket;
 
 // Every request the client makes, for the report and for failure messages.
 const trace = [];
@@ -440,6 +456,115 @@ await check('types: GET /systems/:id/types through the client get() (4.7.7 has n
     if (names) expect('types vs the module names', plain(t), want);
     return show(t);
 });
+
+// ---------------------------------------------------------------------------------------
+// The WebSocket (realtime) API: bind, exec, notify, unbind, debug, reconnect.
+const displayOpts = (name) => ({ sys: sys.id, mod: 'Display', index: 1, name });
+/** The first value of `observable` that passes `ok`, within `ms`. */
+function firstValue(name, observable, ok, ms = CALL_MS) {
+    return new Promise((resolve, reject) => {
+        let sub;
+        const timer = setTimeout(() => {
+            sub?.unsubscribe();
+            reject(new Mismatch(`${name}: no matching value within ${ms} ms (last: ${show(last)})`));
+        }, ms);
+        let last;
+        sub = observable.subscribe((v) => {
+            last = v;
+            if (ok(v)) {
+                clearTimeout(timer);
+                queueMicrotask(() => sub?.unsubscribe());
+                resolve(v);
+            }
+        });
+    });
+}
+const readPower = () => call('lookupSystemModuleState()', pc.lookupSystemModuleState(sys.id, 'Display', 1, 'power'));
+const power = pc.getModule(sys.id, 'Display_1').variable('power');
+let bound = false;
+await check('variable("power").bind() on Display_1: the current value arrives as a notify', async () => {
+    const now = await readPower();
+    power.bind();
+    const v = await firstValue('power.listen()', power.listen(), (x) => typeof x === 'boolean');
+    expect('the bound value vs REST', v, now);
+    expectThat('the WebSocket authenticated with the cookie the client set', sockets.length > 0, sockets);
+    bound = true;
+    return `power = ${v} over ${sockets[0]}`;
+});
+if (bound) {
+    await check('execute("power", [!power]) over the WebSocket: success, then the notify', async () => {
+        const before = power.value;
+        const r = await Promise.race([
+            pc.getModule(sys.id, 'Display_1').execute('power', [!before]),
+            sleep(CALL_MS).then(() => {
+                throw new Mismatch('execute() did not answer');
+            }),
+        ]);
+        expect('execute() result', r, null);
+        const v = await firstValue('power.listen()', power.listen(), (x) => x === !before);
+        expect('REST agrees', await readPower(), v);
+        return `${before} -> ${v}`;
+    });
+}
+await check('bind() then unbind() of Display_1.volume: values stop', async () => {
+    const opts = displayOpts('volume');
+    await pc.bind(opts);
+    const v = await firstValue('listen(volume)', pc.listen(opts), (x) => typeof x === 'number');
+    await pc.unbind(opts);
+    const next = v >= 50 ? v - 7 : v + 7;
+    await call('executeOnSystem(volume)', pc.executeOnSystem(sys.id, 'volume', 'Display', 1, [next]));
+    await poll(
+        () => call('lookupSystemModuleState(volume)', pc.lookupSystemModuleState(sys.id, 'Display', 1, 'volume')),
+        (x) => x === next,
+    );
+    await sleep(500);
+    expect('the unbound value stays as it was', pc.value(opts), v);
+    return `volume stayed ${v} while the display went to ${next}`;
+});
+if (displayId) {
+    await check(`debug() of ${displayId}: its traffic arrives on debug_events; ignore() stops it`, async () => {
+        const events = [];
+        const sub = pc.debug_events.subscribe((e) => events.push(e));
+        const opts = { sys: sys.id, mod: displayId, index: 1, name: 'debug' };
+        try {
+            await pc.debug(opts);
+            await call('executeOnSystem(power)', pc.executeOnSystem(sys.id, 'power', 'Display', 1, [power.value ?? true]));
+            const deadline = Date.now() + POLL_MS;
+            while (!events.some((e) => /^sent: POWER/.test(e.message)) && Date.now() < deadline) await sleep(50);
+            const sent = events.find((e) => /^sent: POWER/.test(e.message));
+            expectThat('a `sent: POWER …` line for the module', !!sent, events);
+            expect('its mod_id', sent.mod_id, displayId);
+            expect('its level', sent.level, 'debug');
+            await pc.ignore(opts);
+            const seen = events.length;
+            await call('executeOnSystem(power)', pc.executeOnSystem(sys.id, 'power', 'Display', 1, [power.value ?? true]));
+            await sleep(500);
+            expect('lines after ignore()', events.slice(seen), []);
+            return `${events.length} lines, e.g. ${show(sent.message)}`;
+        } finally {
+            sub.unsubscribe();
+        }
+    });
+}
+if (bound && env.LINTEL_COMPAT_RESTART === '1') {
+    await check('a server restart: the client reconnects and rebinds Display_1.power', async () => {
+        const before = sockets.length;
+        console.log('RESTART LINTEL');
+        const { createInterface } = await import('node:readline');
+        const line = await new Promise((resolve) => createInterface({ input: process.stdin }).once('line', resolve));
+        expect('the supervisor restarted the server', line.trim(), 'restarted');
+        const deadline = Date.now() + 20000;
+        while (!(pc.is_connected() && sockets.length > before) && Date.now() < deadline) await sleep(100);
+        expectThat('connected again on a new socket within 20 s', pc.is_connected() && sockets.length > before, sockets);
+        // A change made on the new server reaches the old binding: it was bound again.
+        const now = await readPower();
+        await call('executeOnSystem(power)', pc.executeOnSystem(sys.id, 'power', 'Display', 1, [!now]));
+        const v = await firstValue('power.listen() after the restart', power.listen(), (x) => x === !now, 20000);
+        return `reconnected after ${sockets.length - before} attempt(s); power ${now} -> ${v}`;
+    });
+} else if (bound) {
+    console.log('skip - a server restart: set LINTEL_COMPAT_RESTART=1 under a supervisor that restarts lintel');
+}
 
 finish();
 
