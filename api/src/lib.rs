@@ -204,7 +204,7 @@ fn json_error<B>(
 
 /// Serve the API on an already-bound listener (bound first, so a taken port fails before
 /// anything is written). The returned server runs when awaited; stop it with its handle,
-/// after closing the WebSocket sessions with the returned [`ws::WsShutdown`] (so their
+/// after closing the WebSocket sessions with the returned [`ws::Websockets`] (so their
 /// clients are told why).
 ///
 /// The server is actix-web's app inside actix's HTTP/1 service, with the service's upgrade
@@ -213,7 +213,7 @@ pub fn serve(
     listener: TcpListener,
     cfg: &HttpConfig,
     state: AppState,
-) -> std::io::Result<(Server, ws::WsShutdown)> {
+) -> std::io::Result<(Server, ws::Websockets)> {
     use actix_service::{
         IntoServiceFactory, ServiceFactoryExt, fn_factory, fn_service, map_config,
     };

@@ -668,23 +668,63 @@ fn rss_bytes() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
-    let f = support::start(WsConfig {
+    const CHANGES: u32 = 8192;
+    const CHANGE_BYTES: usize = 4096;
+    const STUCK: usize = 10;
+    let limits = WsConfig {
         outbound_frames: 64,
-        outbound_bytes: 256 * 1024,
+        outbound_bytes: 64 * 1024,
         slow_client_timeout: Duration::from_secs(1),
         ..cfg()
-    })
-    .await
-    .unwrap();
+    };
+    let f = support::start(limits.clone()).await.unwrap();
     let url = f.ws_url(&format!("?bearer_token={}", f.staff_jwt));
     let mut healthy = Client::connect(&url).await;
     healthy
         .send("bind", &f.system, "Misbehave", 2, "big", None)
         .await;
     assert_eq!(healthy.json().await["type"], "success");
-    // Ten clients with tiny receive buffers bind the same key and never read again.
+    let w = f.writer();
+    let filler = "x".repeat(CHANGE_BYTES);
+    let sessions = f.websockets.clone();
+    // 32 MiB of changes, paced so the fan-out keeps up (every value is queued for every
+    // client); the healthy client reads along to the last one. Answers the most bytes
+    // seen queued across sessions.
+    let flood = async |mut healthy: Client, round: u32| {
+        let last = json!(round * 1_000_000 + CHANGES - 1);
+        let reader = tokio::spawn(async move {
+            loop {
+                let v = healthy.json().await;
+                if v["value"]["n"] == last {
+                    return healthy;
+                }
+            }
+        });
+        let mut most = 0;
+        for n in 0..CHANGES {
+            w.set("big", json!({"n": round * 1_000_000 + n, "fill": filler}));
+            if n % 16 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                most = most.max(sessions.queued_bytes());
+            }
+        }
+        let healthy = tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("the healthy client got the last value")
+            .unwrap();
+        (healthy, most)
+    };
+    // Twice with the healthy client alone: the first fills the status bus (it keeps its
+    // last 4096 changes); the second shows what such a flood costs (the allocator keeps
+    // some of what it freed).
+    let (healthy, _) = flood(healthy, 0).await;
+    let start = rss_bytes();
+    let (healthy, _) = flood(healthy, 1).await;
+    let before = rss_bytes();
+    let alone = before.saturating_sub(start);
+    // Clients with tiny receive buffers bind the same key and never read again.
     let mut stuck = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..STUCK {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.set_recv_buffer_size(4096).unwrap();
         let tcp = sock.connect(f.addr).await.unwrap();
@@ -693,29 +733,19 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
         ws.send(Message::text(bind.to_string())).await.unwrap();
         stuck.push(ws);
     }
-    assert_eq!(f.websockets.sessions(), 11);
-    let before = rss_bytes();
-    let w = f.writer();
-    let filler = "x".repeat(16 * 1024);
-    // 64 MiB of changes; the healthy client reads along.
-    let reader = tokio::spawn(async move {
-        loop {
-            let v = healthy.json().await;
-            if v["value"]["n"] == 4095 {
-                return healthy;
-            }
-        }
-    });
-    for n in 0..4096 {
-        w.set("big", json!({"n": n, "fill": filler}));
-        if n % 256 == 0 {
-            tokio::task::yield_now().await;
-        }
+    let deadline = Instant::now() + WAIT;
+    while f.websockets.sessions() < 1 + STUCK {
+        assert!(
+            Instant::now() < deadline,
+            "{} sessions",
+            f.websockets.sessions()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let mut healthy = tokio::time::timeout(Duration::from_secs(30), reader)
-        .await
-        .expect("the healthy client got the last value")
-        .unwrap();
+    let (mut healthy, most) = flood(healthy, 2).await;
+    // Each queue coalesces at its limit and is cut off at twice it.
+    let bound = (STUCK + 1) as u64 * 2 * limits.outbound_bytes as u64;
+    assert!(most <= bound, "{most} bytes queued, more than {bound}");
     let deadline = Instant::now() + Duration::from_secs(15);
     while f.websockets.sessions() > 1 {
         assert!(
@@ -725,11 +755,13 @@ async fn a_client_that_never_reads_is_closed_and_memory_stays_bounded() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    assert_eq!(f.websockets.queued_bytes(), 0);
     let grown = rss_bytes().saturating_sub(before);
     assert!(
-        grown < 48 << 20,
-        "RSS grew {} MiB for 10 clients that never read",
-        grown >> 20
+        grown < alone + (16 << 20),
+        "RSS grew {} MiB while {STUCK} clients did not read 32 MiB of changes, {} MiB without them",
+        grown >> 20,
+        alone >> 20
     );
     healthy.nothing_pending().await;
     drop(stuck);

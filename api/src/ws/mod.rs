@@ -87,13 +87,16 @@ pub(crate) struct WsShared {
     pub cfg: WsConfig,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
+    /// Sum of the sessions' last counted outbound bytes.
+    pub queued_bytes: std::sync::atomic::AtomicI64,
 }
 
-/// Closes the server's WebSocket sessions gracefully (see [`WsShutdown::close`]).
+/// The server's WebSocket sessions: how many, what they hold, and closing them gracefully
+/// (see [`Websockets::close`]).
 #[derive(Clone)]
-pub struct WsShutdown(Arc<WsShared>);
+pub struct Websockets(Arc<WsShared>);
 
-impl WsShutdown {
+impl Websockets {
     /// Tell every session to close: each first sends the replies of its running execs
     /// (waiting up to `shutdown_grace` for them), then a close frame (1001, "server
     /// shutting down"). Returns when all have closed or `timeout` passed; new handshakes
@@ -116,6 +119,16 @@ impl WsShutdown {
     pub fn sessions(&self) -> usize {
         self.0.sessions.len()
     }
+
+    /// Bytes waiting in the sessions' outbound queues, as their watchdogs last counted
+    /// (each about twice per `slow_client_timeout`; also the `lintel_ws_queued_bytes`
+    /// gauge).
+    pub fn queued_bytes(&self) -> u64 {
+        self.0
+            .queued_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(0) as u64
+    }
 }
 
 pub(crate) fn shared(state: web::Data<AppState>, cfg: WsConfig) -> Arc<WsShared> {
@@ -126,11 +139,12 @@ pub(crate) fn shared(state: web::Data<AppState>, cfg: WsConfig) -> Arc<WsShared>
         cfg,
         shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
+        queued_bytes: std::sync::atomic::AtomicI64::new(0),
     })
 }
 
-pub(crate) fn shutdown_handle(shared: &Arc<WsShared>) -> WsShutdown {
-    WsShutdown(shared.clone())
+pub(crate) fn shutdown_handle(shared: &Arc<WsShared>) -> Websockets {
+    Websockets(shared.clone())
 }
 
 /// Whether a browser page at `origin` may open a connection to a server reached as

@@ -237,7 +237,6 @@ impl Outbox {
     }
 
     /// Frames and bytes waiting.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> (usize, usize) {
         let q = self.queue.lock();
         (q.entries.len(), q.bytes)

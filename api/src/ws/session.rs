@@ -84,6 +84,8 @@ pub(crate) struct Session {
     debugs: Mutex<HashMap<(String, String, u32), tokio::task::AbortHandle>>,
     execs: TaskTracker,
     last_received: Mutex<Instant>,
+    /// The outbound bytes this session last added to `WsShared::queued_bytes`.
+    counted: std::sync::atomic::AtomicI64,
     close: Mutex<Option<Close>>,
     close_requested: Notify,
 }
@@ -131,6 +133,7 @@ pub(crate) async fn run(
         debugs: Mutex::new(HashMap::new()),
         execs: TaskTracker::new(),
         last_received: Mutex::new(Instant::now()),
+        counted: std::sync::atomic::AtomicI64::new(0),
         close: Mutex::new(None),
         close_requested: Notify::new(),
     });
@@ -178,6 +181,7 @@ pub(crate) async fn run(
         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     }
     shared.hub.try_send(HubCommand::Close { session: id });
+    session.count_queued(0);
     session.execs.close();
     metrics::counter!("lintel_ws_closed_total", "code" => close.code.to_string()).increment(1);
     tracing::info!(
@@ -194,6 +198,18 @@ pub(crate) async fn run(
 impl Session {
     fn cfg(&self) -> &WsConfig {
         &self.shared.cfg
+    }
+
+    /// Report the outbound bytes waiting (to `lintel_ws_queued_bytes`).
+    fn count_queued(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let was = self.counted.swap(bytes as i64, Relaxed);
+        let total = self
+            .shared
+            .queued_bytes
+            .fetch_add(bytes as i64 - was, Relaxed)
+            + (bytes as i64 - was);
+        metrics::gauge!("lintel_ws_queued_bytes").set(total as f64);
     }
 
     fn reply_error(&self, id: i64, e: &WsError) {
@@ -523,6 +539,7 @@ impl Session {
         loop {
             tokio::time::sleep(tick).await;
             let now = Instant::now();
+            self.count_queued(self.outbox.len().1);
             if let Some(o) = self.outbox.overflow() {
                 return Close {
                     flush: false,

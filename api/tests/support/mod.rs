@@ -8,7 +8,7 @@
 //! and an admin of tenant B (with a system of its own).
 #![allow(dead_code)]
 
-use lintel_api::ws::{WsConfig, WsShutdown};
+use lintel_api::ws::{Websockets, WsConfig};
 use lintel_api::{AppState, HttpConfig};
 use lintel_auth::{
     ApiKeys, Keyring, LoginLimiter, LoginLimits, NewApiKey, OidcClient, PasswordHasher,
@@ -41,7 +41,7 @@ pub struct Fixture {
     /// Tenant B's admin, and B's system.
     pub other_jwt: String,
     pub other_system: String,
-    pub websockets: WsShutdown,
+    pub websockets: Websockets,
     pub server: actix_web::dev::ServerHandle,
     _dir: tempfile::TempDir,
 }
