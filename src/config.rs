@@ -796,6 +796,40 @@ mod tests {
     }
 
     #[test]
+    fn websocket_settings_are_checked_and_reach_the_api() {
+        for (toml, key) in [
+            (
+                "[websocket]\nmax_frame_bytes = 10\n",
+                "websocket.max_frame_bytes",
+            ),
+            ("[websocket]\nmax_binds = 0\n", "websocket.max_binds"),
+            (
+                "[websocket]\nallowed_origins = [\"evil\"]\n",
+                "websocket.allowed_origins",
+            ),
+            (
+                "[websocket]\nping_interval_secs = 30\nidle_timeout_secs = 30\n",
+                "websocket.idle_timeout_secs",
+            ),
+        ] {
+            let e = load(toml, &[]).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{toml}: {e}");
+        }
+        let c = load(
+            "[http]\ncors_origins = [\"https://app.example.com\"]\n[websocket]\nallowed_origins = [\"https://panel.example.com\"]\nmax_binds = 50\n",
+            &[("LINTEL_WEBSOCKET__SLOW_CLIENT_SECS", "5")],
+        )
+        .unwrap();
+        let ws = c.websocket.api_config(&c.http);
+        assert_eq!(ws.max_binds, 50);
+        assert_eq!(ws.slow_client_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(
+            ws.allowed_origins,
+            ["https://panel.example.com", "https://app.example.com"]
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let e = load("[http]\nprot = 1\n", &[]).unwrap_err().to_string();
         assert!(e.contains("unknown key `http.prot` "), "{e}");

@@ -112,11 +112,6 @@ impl Hub {
     pub(crate) async fn send(&self, c: Command) -> bool {
         self.commands.send(c).await.is_ok()
     }
-
-    /// Queue a command without waiting (for a session's cleanup on drop).
-    pub(crate) fn try_send(&self, c: Command) -> bool {
-        self.commands.try_send(c).is_ok()
-    }
 }
 
 struct Subscriber {

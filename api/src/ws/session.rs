@@ -180,7 +180,7 @@ pub(crate) async fn run(
         // kernel holding unsent data for it.
         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     }
-    shared.hub.try_send(HubCommand::Close { session: id });
+    shared.hub.send(HubCommand::Close { session: id }).await;
     session.count_queued(0);
     session.execs.close();
     metrics::counter!("lintel_ws_closed_total", "code" => close.code.to_string()).increment(1);

@@ -223,3 +223,51 @@ pub async fn start(ws: WsConfig) -> Result<Fixture, BoxError> {
         _dir: dir,
     })
 }
+
+impl Fixture {
+    /// Add a demo display at `uri` to the system (after the two fixture modules, so it is
+    /// `Display_1`) and start it; answers its module id.
+    pub async fn add_display(&self, uri: &str) -> Result<String, BoxError> {
+        let actor = Actor::system();
+        let (hash, info) = self
+            .engine
+            .install_component(
+                &self.tenant.id,
+                lintel_bundled_drivers::DEMO_DISPLAY.component.to_vec(),
+            )
+            .await?;
+        let driver = self
+            .store
+            .create(
+                &actor,
+                info.to_record(&self.tenant.id, hash, DriverRole::Device),
+            )
+            .await?;
+        let module = self
+            .store
+            .create(
+                &actor,
+                Module {
+                    id: new_id(IdKind::Module),
+                    tenant_id: self.tenant.id.clone(),
+                    driver_id: driver.id.clone(),
+                    control_system_id: Some(self.system.clone()),
+                    uri: Some(uri.to_owned()),
+                    running: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let mut system: ControlSystem = self
+            .store
+            .get(&self.tenant.id, &self.system)
+            .await?
+            .ok_or("system gone")?;
+        system.modules.push(module.id.clone());
+        self.store.update(&actor, system).await?;
+        self.engine
+            .start_module(&self.tenant.id, &module.id)
+            .await?;
+        Ok(module.id)
+    }
+}
