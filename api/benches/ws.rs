@@ -9,9 +9,10 @@
 //!   Both servers get one thread for their connections (Lintel's actix worker; the
 //!   baseline's current-thread runtime); the producer runs on the main runtime and the
 //!   clients on a thread of their own. N = 10, 100, 1000.
-//! - **P2 latency**: a fake display over TCP sends `INPUT=<n>` lines at 1k and 10k per
-//!   second to the demo display driver (WASM), which sets its `input` status; 100
-//!   clients bound to it take the time from the line's write to the notify's arrival.
+//! - **P2 latency**: a fake display over TCP sends `INPUT=<n>` lines at 1k per second
+//!   (10, 100 and 1,000 clients) and 10k per second (100 clients) to the demo display
+//!   driver (WASM), which sets its `input` status; the clients bound to it take the time
+//!   from the line's write to the notify's arrival.
 //!   A driver call that handles several lines publishes the last value (status is
 //!   coalesced per call), so at high rates not every line becomes a notify; the share
 //!   delivered is printed.
@@ -325,10 +326,16 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 async fn p2() -> Result<(), BoxError> {
     println!(
-        "P2 latency: fake display (TCP) -> demo display driver (WASM) -> status -> 100 WebSocket clients"
+        "P2 latency: fake display (TCP) -> demo display driver (WASM) -> status -> WebSocket clients"
     );
     let f = support::start(WsConfig::default()).await?;
-    for rate in [1_000u64, 10_000] {
+    let runs = [
+        (1_000u64, 10usize),
+        (1_000, 100),
+        (1_000, 1000),
+        (10_000, 100),
+    ];
+    for (run, (rate, clients_n)) in runs.into_iter().enumerate() {
         let device = TcpListener::bind("127.0.0.1:0").await?;
         let port = device.local_addr()?.port();
         let module = f.add_display(&format!("tcp://127.0.0.1:{port}")).await?;
@@ -341,7 +348,8 @@ async fn p2() -> Result<(), BoxError> {
             while let Ok(Some(_)) = lines.next_line().await {}
         });
         let url = f.ws_url(&format!("?bearer_token={}", f.staff_jwt));
-        let bind = json!({"id": 1, "cmd": "bind", "sys": f.system, "mod": "Display", "index": 1, "name": "input"})
+        // Each run adds a display after the last: `Display_<run + 1>`.
+        let bind = json!({"id": 1, "cmd": "bind", "sys": f.system, "mod": "Display", "index": run + 1, "name": "input"})
             .to_string();
         let epoch = Instant::now();
         let sent: Arc<parking_lot::Mutex<Vec<u64>>> = Default::default();
@@ -372,7 +380,7 @@ async fn p2() -> Result<(), BoxError> {
         );
         let clients = spawn_clients(Clients {
             url,
-            n: 100,
+            n: clients_n,
             bind,
             skip: 0,
             count,
@@ -380,7 +388,7 @@ async fn p2() -> Result<(), BoxError> {
             stop: stop.clone(),
             on_text: Some(record),
         });
-        wait_for("clients connected", &connected, 100).await?;
+        wait_for("clients connected", &connected, clients_n as u64).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         // Lines in 1 ms ticks.
         let per_tick = (rate / 1000).max(1);
@@ -408,9 +416,9 @@ async fn p2() -> Result<(), BoxError> {
         let _ = clients.join();
         let mut l = std::mem::take(&mut *latencies.lock());
         l.sort_unstable();
-        let notified = l.len() as f64 / 100.0;
+        let notified = l.len() as f64 / clients_n as f64;
         println!(
-            "  {rate:>6} updates/s x 100 clients: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({:.0}% of lines became a notify)",
+            "  {rate:>6} updates/s x {clients_n:>4} clients: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({:.0}% of lines became a notify)",
             percentile(&l, 0.5),
             percentile(&l, 0.99),
             percentile(&l, 1.0),

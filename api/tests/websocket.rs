@@ -904,3 +904,65 @@ async fn shutdown_answers_running_execs_then_closes_with_a_reason() {
     closing.await.unwrap();
     assert_eq!(f.websockets.sessions(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_rate_are_read_later_not_dropped() {
+    let f = support::start(WsConfig {
+        messages_per_second: 20,
+        message_burst: 5,
+        ..cfg()
+    })
+    .await
+    .unwrap();
+    let mut c = Client::connect(&f.ws_url(&format!("?bearer_token={}", f.staff_jwt))).await;
+    let started = Instant::now();
+    for _ in 0..45 {
+        c.ws.feed(Message::text("ping")).await.unwrap();
+    }
+    c.ws.flush().await.unwrap();
+    for i in 0..45 {
+        match c.next().await {
+            Got::Text(t) if t == "pong" => {}
+            other => panic!("pong {i}: {other:?}"),
+        }
+    }
+    // 5 at once, then 20 a second: the last 40 take at least 2 s.
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "45 requests answered in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_and_one_answering_pings_is_kept() {
+    let f = support::start(WsConfig {
+        ping_interval: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(1),
+        ..cfg()
+    })
+    .await
+    .unwrap();
+    let url = f.ws_url(&format!("?bearer_token={}", f.staff_jwt));
+    let mut silent = Client::connect(&url).await;
+    let mut alive = Client::connect(&url).await;
+    // The live client reads (tungstenite answers each ping with a pong) for 2.5 s.
+    let reader = tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_millis(2500);
+        while Instant::now() < until {
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(100), alive.ws.next()).await
+            {
+                assert!(!matches!(m, Ok(Message::Close(_))), "closed: {m:?}");
+            }
+        }
+        alive
+    });
+    // The silent one reads nothing (so it answers no ping) for 2.5 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (code, reason) = silent.closed().await.expect("a close frame");
+    assert_eq!(code, 1000);
+    assert!(reason.starts_with("idle"), "{reason}");
+    let mut alive = reader.await.unwrap();
+    alive.nothing_pending().await;
+}

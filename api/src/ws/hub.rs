@@ -131,6 +131,19 @@ struct Topic {
     subscribers: HashMap<SessionId, Subscriber>,
 }
 
+impl Topic {
+    /// Send every subscriber the current value (`null` when there is none).
+    fn tell(&self, id: TopicId) {
+        let tail = self
+            .current
+            .clone()
+            .unwrap_or_else(|| frame::notify_tail(b"null", &self.meta_tail));
+        for s in self.subscribers.values() {
+            s.outbox.push_notify(id, s.id, tail.clone());
+        }
+    }
+}
+
 struct SessionEntry {
     outbox: Arc<Outbox>,
     topics: HashSet<TopicId>,
@@ -367,13 +380,7 @@ impl State {
         }
         t.module = module;
         if tell && before != t.current {
-            let tail = t
-                .current
-                .clone()
-                .unwrap_or_else(|| frame::notify_tail(b"null", &t.meta_tail));
-            for s in t.subscribers.values() {
-                s.outbox.push_notify(topic, s.id, tail.clone());
-            }
+            t.tell(topic);
         }
         self.topics.insert(topic, t);
     }
@@ -459,13 +466,7 @@ impl State {
                 let before = t.current.clone();
                 self.read(&mut t, &m);
                 if before != t.current {
-                    let tail = t
-                        .current
-                        .clone()
-                        .unwrap_or_else(|| frame::notify_tail(b"null", &t.meta_tail));
-                    for s in t.subscribers.values() {
-                        s.outbox.push_notify(id, s.id, tail.clone());
-                    }
+                    t.tell(id);
                 }
             }
             self.topics.insert(id, t);

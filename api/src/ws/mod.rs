@@ -233,11 +233,16 @@ async fn handshake(
     framed: Framed<TcpStream, h1::Codec>,
 ) -> Result<(), std::io::Error> {
     let started = Instant::now();
-    let parts = framed.into_parts();
-    let mut io = parts.io;
+    // The dispatcher's buffers (8 KiB each) are not kept for the session: only the bytes
+    // the client sent past its handshake.
+    let actix_codec::FramedParts { io, read_buf, .. } = framed.into_parts();
+    let mut io = io;
+    let leftover = bytes::Bytes::copy_from_slice(&read_buf);
+    drop(read_buf);
     let request_id = crate::request_id(req.headers());
     let path = req.path().to_owned();
-    let (credential, principal) = match accept(&shared, &req).await {
+    // Boxed: this future lives as long as the session; the handshake's state need not.
+    let (credential, principal) = match Box::pin(accept(&shared, &req)).await {
         Ok(ok) => ok,
         Err(e) => {
             let status = actix_web::ResponseError::status_code(&e);
@@ -271,15 +276,13 @@ async fn handshake(
     let _ = io.set_nodelay(true);
     tracing::info!(target: "lintel::access", request_id = %request_id, method = "GET", %path, status = 101, ms = started.elapsed().as_secs_f64() * 1000.0, user = %principal.user_id, "request");
     metrics::counter!("lintel_http_requests_total", "status" => "101").increment(1);
+    drop(req);
     let sessions = shared.sessions.clone();
+    // Boxed: a session lives long, and this handshake's state need not live with it.
     sessions
-        .track_future(session::run(
-            shared,
-            io,
-            parts.read_buf,
-            credential,
-            principal,
-        ))
+        .track_future(Box::pin(session::run(
+            shared, io, leftover, credential, principal,
+        )))
         .await;
     Ok(())
 }

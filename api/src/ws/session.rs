@@ -102,7 +102,7 @@ impl Drop for Session {
 pub(crate) async fn run(
     shared: Arc<WsShared>,
     mut stream: TcpStream,
-    leftover: BytesMut,
+    leftover: Bytes,
     credential: Presented,
     principal: Principal,
 ) {
@@ -183,6 +183,9 @@ pub(crate) async fn run(
     shared.hub.send(HubCommand::Close { session: id }).await;
     session.count_queued(0);
     session.execs.close();
+    for (_, h) in session.debugs.lock().drain() {
+        h.abort();
+    }
     metrics::counter!("lintel_ws_closed_total", "code" => close.code.to_string()).increment(1);
     tracing::info!(
         target: "lintel::access",
@@ -305,7 +308,9 @@ impl Session {
                 }
             };
             limiter.until_ready().await;
-            self.handle_text(text).await;
+            // Boxed: the state of handling a request (store reads, auth) is kept only
+            // while one is handled, not in every idle session.
+            Box::pin(self.handle_text(text)).await;
         }
     }
 
@@ -579,12 +584,13 @@ impl Session {
             }
             if now >= next_check {
                 next_check = now + RECHECK_EVERY;
-                if let Err(e) = revalidate(
+                // Boxed: kept only while it runs, not in every idle session.
+                if let Err(e) = Box::pin(revalidate(
                     &self.shared.state,
                     &self.credential,
                     &self.home,
                     &self.tenant,
-                )
+                ))
                 .await
                 {
                     let e = WsError::from(e);
