@@ -256,6 +256,8 @@ pub fn serve(
             // A request head (line and headers) must arrive within 5 s (else 408 and the
             // connection is closed: slow-header attacks hold nothing for long).
             .client_request_timeout(Duration::from_secs(5))
+            // As actix-web's `HttpServer` sets it: a closing connection gets 1 s to go.
+            .client_disconnect_timeout(Duration::from_secs(1))
             .local_addr(addr)
             .upgrade(fn_factory(move || {
                 let ws = ws.clone();
