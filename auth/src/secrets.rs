@@ -60,6 +60,14 @@ impl<'a> SealContext<'a> {
             field: "private_key",
         }
     }
+    /// An MQTT broker's password.
+    pub fn broker_password(tenant_id: &'a str, broker_id: &'a str) -> Self {
+        SealContext {
+            tenant_id,
+            record_id: broker_id,
+            field: "password",
+        }
+    }
 }
 
 #[derive(Clone)]

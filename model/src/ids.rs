@@ -19,10 +19,11 @@ pub enum IdKind {
     Session,
     IdentityProvider,
     SigningKey,
+    Broker,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 14] = [
+    pub const ALL: [IdKind; 15] = [
         IdKind::Tenant,
         IdKind::Zone,
         IdKind::System,
@@ -37,6 +38,7 @@ impl IdKind {
         IdKind::Session,
         IdKind::IdentityProvider,
         IdKind::SigningKey,
+        IdKind::Broker,
     ];
 
     pub fn prefix(self) -> &'static str {
@@ -55,6 +57,7 @@ impl IdKind {
             IdKind::Session => "session",
             IdKind::IdentityProvider => "idp",
             IdKind::SigningKey => "sigkey",
+            IdKind::Broker => "broker",
         }
     }
 
@@ -75,6 +78,7 @@ impl IdKind {
             IdKind::Session => "session",
             IdKind::IdentityProvider => "identity_provider",
             IdKind::SigningKey => "signing_key",
+            IdKind::Broker => "broker",
         }
     }
 

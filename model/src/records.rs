@@ -1053,6 +1053,10 @@ pub enum AuditAction {
     SignedOut,
     /// A session revoked by Lintel (refresh-token reuse) or by an administrator.
     SessionRevoked,
+    /// A command from outside (an MQTT command topic) ran, failed or was refused; the
+    /// record is the module (or the broker when no module was found), the diff holds the
+    /// function, arguments and outcome.
+    Executed,
 }
 impl AuditAction {
     pub fn as_str(self) -> &'static str {
@@ -1066,6 +1070,7 @@ impl AuditAction {
             AuditAction::SignInFailed => "sign_in_failed",
             AuditAction::SignedOut => "signed_out",
             AuditAction::SessionRevoked => "session_revoked",
+            AuditAction::Executed => "executed",
         }
     }
 }
@@ -1316,6 +1321,237 @@ record_common!(
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         if self.client_secret.is_some() {
             v["client_secret"] = Value::String(REDACTED.into());
+        }
+        v
+    }
+);
+
+/// Who may run a function over a broker's command topic: each field is an exact value or
+/// `*`. `module` is a name (`Display`, any index) or a name with its index (`Display_2`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandRule {
+    /// A system id (`sys-…`) of the broker's tenant, or `*`.
+    pub system: String,
+    pub module: String,
+    pub function: String,
+}
+
+impl CommandRule {
+    /// Whether the rule lets `function` run on the `index`th `module` of `system`.
+    pub fn allows(&self, system: &str, module: &str, index: u32, function: &str) -> bool {
+        let module_ok = self.module == "*"
+            || self.module == module
+            || self.module == format!("{module}_{index}");
+        (self.system == "*" || self.system == system)
+            && module_ok
+            && (self.function == "*" || self.function == function)
+    }
+}
+
+/// Inbound commands over MQTT: off unless enabled, and then only what a rule allows.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerCommands {
+    pub enabled: bool,
+    pub allow: Vec<CommandRule>,
+    /// Commands taken per second (more wait, up to a burst of the same number; beyond
+    /// that they are refused).
+    pub per_second: u32,
+}
+impl Default for BrokerCommands {
+    fn default() -> Self {
+        BrokerCommands {
+            enabled: false,
+            allow: Vec::new(),
+            per_second: 10,
+        }
+    }
+}
+
+/// An MQTT broker a tenant's live state is published to (PlaceOS `brokers`). The password
+/// is sealed (field `password`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct Broker {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub description: String,
+    /// Host name or IP address.
+    pub host: String,
+    /// 1883 by default, 8883 with `tls`.
+    pub port: Option<u16>,
+    pub tls: bool,
+    /// Certificates (PEM) trusted besides the public web roots, for a broker with a site
+    /// CA or a self-signed certificate. The broker's host name is always checked.
+    pub ca_certificate: Option<String>,
+    pub username: Option<String>,
+    /// Sealed with the keyring; `None` when none. Over the API: written as a string
+    /// (sealed), `null` to clear; read back as `true` when set.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub password: Option<SealedValue>,
+    /// MQTT client id; `lintel-<broker id>` by default.
+    pub client_id: Option<String>,
+    pub keep_alive_secs: u16,
+    /// 0 (at most once, as PlaceOS) or 1 (at least once).
+    pub qos: u8,
+    /// The first topic level (`placeos` as PlaceOS).
+    pub topic_prefix: String,
+    pub commands: BrokerCommands,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: u64,
+}
+impl Default for Broker {
+    fn default() -> Self {
+        Broker {
+            id: String::new(),
+            tenant_id: String::new(),
+            name: String::new(),
+            description: String::new(),
+            host: String::new(),
+            port: None,
+            tls: false,
+            ca_certificate: None,
+            username: None,
+            password: None,
+            client_id: None,
+            keep_alive_secs: 30,
+            qos: 0,
+            topic_prefix: "placeos".into(),
+            commands: BrokerCommands::default(),
+            enabled: true,
+            created_at: 0,
+            updated_at: 0,
+            version: 0,
+        }
+    }
+}
+impl Broker {
+    /// The port to connect to.
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(if self.tls { 8883 } else { 1883 })
+    }
+
+    /// The MQTT client id.
+    pub fn client_id(&self) -> String {
+        self.client_id
+            .clone()
+            .unwrap_or_else(|| format!("lintel-{}", self.id))
+    }
+}
+
+/// Topic text Lintel writes itself (a prefix, a name): no MQTT wildcards, no NUL, no empty
+/// or outer `/` levels.
+fn require_topic_part(field: &'static str, value: &str, slash: bool) -> Result<(), ValidationError> {
+    bounded(field, value, 128)?;
+    let bad = value.is_empty()
+        || value.contains(['+', '#', '\0'])
+        || (!slash && value.contains('/'))
+        || value.split('/').any(str::is_empty);
+    if bad {
+        return Err(ValidationError::new(
+            field,
+            if slash {
+                "1–128 bytes of topic levels separated by `/`, without `+`, `#` or empty levels"
+            } else {
+                "1–128 bytes without `/`, `+` or `#`"
+            },
+        ));
+    }
+    Ok(())
+}
+
+record_common!(
+    Broker,
+    IdKind::Broker,
+    tenant = tenant_id,
+    |self| {
+        require_name("name", &self.name)?;
+        bounded("description", &self.description, MAX_TEXT)?;
+        require_name("host", &self.host)?;
+        if !self
+            .host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
+        {
+            return Err(ValidationError::new(
+                "host",
+                "a host name or IP address (no scheme, port or path)",
+            ));
+        }
+        if self.port == Some(0) {
+            return Err(ValidationError::new("port", "must be 1–65535"));
+        }
+        if let Some(ca) = &self.ca_certificate {
+            bounded("ca_certificate", ca, 64 * 1024)?;
+            if !ca.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ValidationError::new(
+                    "ca_certificate",
+                    "must be PEM certificates (-----BEGIN CERTIFICATE-----)",
+                ));
+            }
+            if !self.tls {
+                return Err(ValidationError::new(
+                    "ca_certificate",
+                    "needs `tls: true`",
+                ));
+            }
+        }
+        if let Some(u) = &self.username {
+            require_name("username", u)?;
+        }
+        match &self.password {
+            Some(_) if self.username.is_none() => {
+                return Err(ValidationError::new("password", "needs a `username`"));
+            }
+            Some(s) if s.key_id.is_empty() || s.nonce.is_empty() || s.ciphertext.is_empty() => {
+                return Err(ValidationError::new("password", "sealed value is incomplete"));
+            }
+            _ => {}
+        }
+        if let Some(c) = &self.client_id {
+            require_topic_part("client_id", c, false)?;
+        }
+        if !(5..=3600).contains(&self.keep_alive_secs) {
+            return Err(ValidationError::new("keep_alive_secs", "must be 5–3600"));
+        }
+        if self.qos > 1 {
+            return Err(ValidationError::new("qos", "must be 0 or 1"));
+        }
+        require_topic_part("topic_prefix", &self.topic_prefix, true)?;
+        let c = &self.commands;
+        if !(1..=1000).contains(&c.per_second) {
+            return Err(ValidationError::new("commands.per_second", "must be 1–1000"));
+        }
+        if c.allow.len() > 256 {
+            return Err(ValidationError::new("commands.allow", "at most 256 rules"));
+        }
+        for r in &c.allow {
+            if r.system != "*" {
+                require_id("commands.allow.system", IdKind::System, &r.system)?;
+            }
+            require_topic_part("commands.allow.module", &r.module, false)?;
+            require_topic_part("commands.allow.function", &r.function, false)?;
+        }
+        if c.enabled && c.allow.is_empty() {
+            return Err(ValidationError::new(
+                "commands.allow",
+                "enabled commands need at least one rule",
+            ));
+        }
+        Ok(())
+    },
+    search = |self| { lower(&[&self.name, &self.host, &self.description]) },
+    redact = |self| {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if self.password.is_some() {
+            v["password"] = Value::String(REDACTED.into());
         }
         v
     }
