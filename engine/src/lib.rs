@@ -1173,6 +1173,18 @@ impl Engine {
     }
 }
 
+/// The TLS transport for an MQTT broker Lintel publishes to: the public web roots plus
+/// `ca` (PEM certificates, for a site CA or a self-signed broker); the broker's host name
+/// is checked. An error says what is wrong with `ca`.
+pub fn mqtt_tls_transport(ca: Option<&str>) -> Result<rumqttc::Transport, String> {
+    let settings = serde_json::json!({ "tls": { "ca": ca } });
+    let tls = tls::TlsClient::from_settings(&settings)
+        .map_err(|e| e.replace("setting `tls.ca`", "`ca_certificate`"))?;
+    Ok(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(tls.config),
+    ))
+}
+
 /// Shallow merge of JSON objects: keys of `over` replace those of `base`.
 fn merge(base: &mut Value, over: &Value) {
     if let (Some(b), Some(o)) = (base.as_object_mut(), over.as_object()) {

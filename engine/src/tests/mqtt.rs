@@ -3,114 +3,8 @@
 
 use super::*;
 use lintel_bundled_drivers::MQTT_SENSOR;
-use std::process::{Child, Command, Stdio};
 
-const USER: &str = "lintel";
-const PASSWORD: &str = "s3cret-broker-pw";
-
-/// A mosquitto broker on `127.0.0.1:port` that accepts only `USER`/`PASSWORD`.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start(port: Option<u16>) -> Mosquitto {
-        let dir = tempfile::tempdir().unwrap();
-        let port = port.unwrap_or_else(|| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        });
-        Self::start_in(dir, port)
-    }
-
-    fn start_in(dir: tempfile::TempDir, port: u16) -> Mosquitto {
-        let passwd = dir.path().join("passwd");
-        let status = Command::new("mosquitto_passwd")
-            .args(["-b", "-c"])
-            .arg(&passwd)
-            .args([USER, PASSWORD])
-            .status()
-            .expect("mosquitto_passwd is required for the MQTT tests (apt-get install mosquitto)");
-        assert!(status.success(), "mosquitto_passwd failed");
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
-                 persistence false\nlog_dest stderr\nmax_packet_size 2000000\n",
-                passwd.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is required for the MQTT tests (apt-get install mosquitto)");
-        let m = Mosquitto { child, port, dir };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        m
-    }
-
-    /// Stop the broker, keeping its port and password file for [`Mosquitto::restart`].
-    fn stop(mut self) -> (tempfile::TempDir, u16) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        (dir, self.port)
-    }
-
-    fn uri(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    /// Publish as a sensor bridge would (retained: the module gets it whenever it
-    /// subscribes).
-    async fn publish(&self, topic: &str, payload: &[u8]) {
-        let mut o = rumqttc::MqttOptions::new(new_id(IdKind::Module), "127.0.0.1", self.port);
-        o.set_credentials(USER, PASSWORD)
-            .set_max_packet_size(2_000_000, 2_000_000);
-        let (client, mut events) = rumqttc::AsyncClient::new(o, 10);
-        client
-            .publish(topic, rumqttc::QoS::AtLeastOnce, true, payload.to_vec())
-            .await
-            .unwrap();
-        // Until the broker acknowledged it.
-        tokio::time::timeout(Duration::from_secs(10), async {
-            loop {
-                match events.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => break,
-                    Ok(_) => {}
-                    Err(e) => panic!("test publisher: {e}"),
-                }
-            }
-        })
-        .await
-        .expect("the broker acknowledged the test's publish");
-        let _ = client.disconnect().await;
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use lintel_testkit::{MQTT_PASSWORD as PASSWORD, MQTT_USER as USER, Mosquitto};
 
 /// A Zigbee2MQTT-style sensor through a real broker: readings become statuses, bad
 /// payloads are skipped, over-long ones are reported, `connected` follows the broker
@@ -145,34 +39,41 @@ async fn mqtt_sensors_follow_a_real_broker_through_outages() {
         .publish(
             "zigbee2mqtt/lobby",
             br#"{"temperature": 21.5, "humidity": 40, "occupancy": true}"#,
+            true,
         )
         .await;
     wait_for(&f.engine, &f.tenant, &m.id, "temperature", json!(21.5)).await;
     wait_for(&f.engine, &f.tenant, &m.id, "occupancy", json!(true)).await;
     broker
-        .publish("zigbee2mqtt/lobby/availability", br#"{"state": "online"}"#)
+        .publish(
+            "zigbee2mqtt/lobby/availability",
+            br#"{"state": "online"}"#,
+            true,
+        )
         .await;
     wait_for(&f.engine, &f.tenant, &m.id, "available", json!(true)).await;
     // Another device's topic is not followed.
     broker
-        .publish("zigbee2mqtt/kitchen", br#"{"kitchen_only": 30}"#)
+        .publish("zigbee2mqtt/kitchen", br#"{"kitchen_only": 30}"#, true)
         .await;
 
     // Garbage is skipped; the next reading still applies.
-    broker.publish("zigbee2mqtt/lobby", b"not json {").await;
     broker
-        .publish("zigbee2mqtt/lobby", br#"{"temperature": 22}"#)
+        .publish("zigbee2mqtt/lobby", b"not json {", true)
+        .await;
+    broker
+        .publish("zigbee2mqtt/lobby", br#"{"temperature": 22}"#, true)
         .await;
     wait_for(&f.engine, &f.tenant, &m.id, "temperature", json!(22)).await;
     // Over the frame limit: dropped and reported; the session goes on.
     let mut big = br#"{"temperature": 99, "pad": ""#.to_vec();
     big.resize(transport::MAX_FRAME_BYTES + 100, b'x');
     big.extend_from_slice(br#""}"#);
-    broker.publish("zigbee2mqtt/lobby", &big).await;
+    broker.publish("zigbee2mqtt/lobby", &big, true).await;
     let why = wait_for_text(&f.engine, &f.tenant, &m.id, CONNECTION_ERROR_KEY, "dropped").await;
     assert!(why.contains("zigbee2mqtt/lobby"), "{why}");
     broker
-        .publish("zigbee2mqtt/lobby", br#"{"temperature": 23}"#)
+        .publish("zigbee2mqtt/lobby", br#"{"temperature": 23}"#, true)
         .await;
     wait_for(&f.engine, &f.tenant, &m.id, "temperature", json!(23)).await;
     let state = f.engine.state(&f.tenant, &m.id).unwrap();
@@ -228,7 +129,7 @@ async fn mqtt_sensors_follow_a_real_broker_through_outages() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         broker
-            .publish("zigbee2mqtt/lobby", br#"{"temperature": 24.5}"#)
+            .publish("zigbee2mqtt/lobby", br#"{"temperature": 24.5}"#, true)
             .await;
         if f.engine.state_key(&f.tenant, &m.id, "temperature").unwrap() == Some(json!(24.5)) {
             break;
