@@ -40,6 +40,36 @@ impl Keyring {
     pub fn replace(&self, keyring: SecretKeyring) {
         *self.0.write().expect("keyring lock") = Arc::new(keyring);
     }
+
+    /// Seal an MQTT broker's password for the broker record `broker_id`.
+    pub fn seal_broker_password(
+        &self,
+        tenant_id: &str,
+        broker_id: &str,
+        password: &str,
+    ) -> Result<lintel_model::SealedValue, AuthError> {
+        self.current().seal(
+            &SealContext::broker_password(tenant_id, broker_id),
+            password.as_bytes(),
+        )
+    }
+
+    /// Open a broker's sealed password (`None` when it has none).
+    pub fn open_broker_password(
+        &self,
+        broker: &lintel_model::Broker,
+    ) -> Result<Option<zeroize::Zeroizing<String>>, AuthError> {
+        let Some(sealed) = &broker.password else {
+            return Ok(None);
+        };
+        let bytes = self.current().open(
+            &SealContext::broker_password(&broker.tenant_id, &broker.id),
+            sealed,
+        )?;
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| AuthError::Sealed("the password is not UTF-8".into()))?;
+        Ok(Some(zeroize::Zeroizing::new(text.to_owned())))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
