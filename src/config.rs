@@ -41,6 +41,7 @@ pub struct Config {
     pub secrets: Secrets,
     pub bootstrap: Bootstrap,
     pub websocket: Websocket,
+    pub mqtt: Mqtt,
     /// The first-run admin password (prefer `admin_password_file`).
     #[serde(skip_serializing)]
     pub admin_password: Option<Secret>,
@@ -113,6 +114,42 @@ impl Websocket {
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout_secs),
             shutdown_grace: std::time::Duration::from_secs(http.shutdown_timeout_secs),
             allowed_origins,
+        }
+    }
+}
+
+/// Publishing to MQTT brokers. The brokers themselves are records (`/api/engine/v2/brokers`,
+/// each tenant its own, passwords sealed); these are the process-wide switch and limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    /// Publish to the configured brokers (`false`: none is connected).
+    pub enabled: bool,
+    /// Topics one broker's queue holds while it is slow or unreachable (latest value per
+    /// topic; every new session re-publishes the current state anyway).
+    pub buffer_topics: usize,
+    /// Bytes one broker's queue holds.
+    pub buffer_bytes: usize,
+    /// Status values larger than this (as JSON) are not published.
+    pub max_payload_bytes: usize,
+    /// Inbound command messages larger than this are refused.
+    pub command_max_bytes: usize,
+    /// Commands waiting per broker before more are dropped.
+    pub command_queue: usize,
+    /// Commands running at once per broker before more are answered `busy`.
+    pub command_inflight: usize,
+}
+
+impl Mqtt {
+    pub fn publisher_config(&self) -> lintel_mqtt::MqttConfig {
+        lintel_mqtt::MqttConfig {
+            buffer_topics: self.buffer_topics,
+            buffer_bytes: self.buffer_bytes,
+            max_payload_bytes: self.max_payload_bytes,
+            command_max_bytes: self.command_max_bytes,
+            command_queue: self.command_queue,
+            command_inflight: self.command_inflight,
+            ..lintel_mqtt::MqttConfig::default()
         }
     }
 }
@@ -316,6 +353,18 @@ impl Default for Config {
                     idle_timeout_secs: d.idle_timeout.as_secs(),
                 }
             },
+            mqtt: {
+                let d = lintel_mqtt::MqttConfig::default();
+                Mqtt {
+                    enabled: true,
+                    buffer_topics: d.buffer_topics,
+                    buffer_bytes: d.buffer_bytes,
+                    max_payload_bytes: d.max_payload_bytes,
+                    command_max_bytes: d.command_max_bytes,
+                    command_queue: d.command_queue,
+                    command_inflight: d.command_inflight,
+                }
+            },
             bootstrap: Bootstrap {
                 tenant_name: "Demo".into(),
                 domain: "localhost".into(),
@@ -475,6 +524,45 @@ impl Config {
                 ws.idle_timeout_secs,
                 2,
                 86_400,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(invalid(key, format!("must be between {min} and {max}")));
+            }
+        }
+        let mq = &self.mqtt;
+        let ranges: [(&str, u64, u64, u64); 6] = [
+            (
+                "mqtt.buffer_topics",
+                mq.buffer_topics as u64,
+                16,
+                10_000_000,
+            ),
+            (
+                "mqtt.buffer_bytes",
+                mq.buffer_bytes as u64,
+                64 << 10,
+                16 << 30,
+            ),
+            (
+                "mqtt.max_payload_bytes",
+                mq.max_payload_bytes as u64,
+                1024,
+                64 << 20,
+            ),
+            (
+                "mqtt.command_max_bytes",
+                mq.command_max_bytes as u64,
+                256,
+                16 << 20,
+            ),
+            ("mqtt.command_queue", mq.command_queue as u64, 1, 100_000),
+            (
+                "mqtt.command_inflight",
+                mq.command_inflight as u64,
+                1,
+                10_000,
             ),
         ];
         for (key, value, min, max) in ranges {
@@ -826,6 +914,30 @@ mod tests {
         assert_eq!(
             ws.allowed_origins,
             ["https://panel.example.com", "https://app.example.com"]
+        );
+    }
+
+    #[test]
+    fn mqtt_settings_are_checked_and_reach_the_publisher() {
+        for (toml, key) in [
+            ("[mqtt]\nbuffer_topics = 0\n", "mqtt.buffer_topics"),
+            ("[mqtt]\nbuffer_bytes = 10\n", "mqtt.buffer_bytes"),
+            ("[mqtt]\ncommand_inflight = 0\n", "mqtt.command_inflight"),
+        ] {
+            let e = load(toml, &[]).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{toml}: {e}");
+        }
+        let c = load(
+            "[mqtt]\nbuffer_topics = 500\n",
+            &[("LINTEL_MQTT__ENABLED", "false")],
+        )
+        .unwrap();
+        assert!(!c.mqtt.enabled);
+        let p = c.mqtt.publisher_config();
+        assert_eq!(p.buffer_topics, 500);
+        assert_eq!(
+            p.buffer_bytes,
+            lintel_mqtt::MqttConfig::default().buffer_bytes
         );
     }
 

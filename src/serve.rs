@@ -169,6 +169,14 @@ pub async fn serve(
         cors_origins: cfg.http.cors_origins.clone(),
         websocket: cfg.websocket.api_config(&cfg.http),
     };
+    let mqtt = cfg.mqtt.enabled.then(|| {
+        lintel_mqtt::Publisher::start(
+            engine.clone(),
+            store.clone(),
+            Arc::new(BrokerPasswords(keyring.clone())),
+            cfg.mqtt.publisher_config(),
+        )
+    });
     let state = AppState {
         engine: engine.clone(),
         store: store.clone(),
@@ -183,6 +191,7 @@ pub async fn serve(
         metrics,
         version: env!("CARGO_PKG_VERSION"),
         users: AppState::users_cache(&store),
+        mqtt: mqtt.clone(),
     };
     let (server, websockets) =
         lintel_api::serve(listener, &http, state).context("cannot start the HTTP server")?;
@@ -228,6 +237,10 @@ pub async fn serve(
     websockets.close(http.shutdown_timeout).await;
     handle.stop(true).await;
     let _ = server_task.await;
+    // Brokers hear `offline` (retained) before the engine stops.
+    if let Some(p) = &mqtt {
+        p.shutdown().await;
+    }
     follow.cancel();
     starter.abort();
     purger.abort();
@@ -254,6 +267,18 @@ impl lintel_engine::SettingsOpener for KeyringOpener {
             .current()
             .open_json(&ctx, sealed)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// Opens MQTT brokers' sealed passwords with the master keyring.
+struct BrokerPasswords(Keyring);
+
+impl lintel_mqtt::PasswordOpener for BrokerPasswords {
+    fn open(&self, b: &lintel_model::Broker) -> Result<zeroize::Zeroizing<String>, String> {
+        self.0
+            .open_broker_password(b)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "the broker has no password".to_string())
     }
 }
 

@@ -372,6 +372,7 @@ async fn lintel() -> Result<Lintel, BoxError> {
         metrics: None,
         version: "bench",
         users: AppState::users_cache(&store),
+        mqtt: None,
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;

@@ -8,8 +8,8 @@ use actix_web::http::Method;
 use actix_web::{Route, web};
 use lintel_auth::{Action, Resource};
 use lintel_model::{
-    ApiKey, AuditEntry, ControlSystem, DriverRecord, IdentityProvider, Metadata, Module, Tenant,
-    Trigger, User, Zone,
+    ApiKey, AuditEntry, Broker, ControlSystem, DriverRecord, IdentityProvider, Metadata, Module,
+    Tenant, Trigger, User, Zone,
 };
 use std::collections::HashMap;
 use std::sync::LazyLock;
@@ -552,6 +552,13 @@ fn table() -> Vec<Endpoint> {
         R::IdentityProviders,
         "identity providers",
         schema::<IdentityProvider>,
+    );
+    crud::<Broker>(
+        &mut t,
+        "brokers",
+        R::Brokers,
+        "MQTT brokers",
+        schema::<Broker>,
     );
     // The custom user routes above take precedence over the generic ones.
     let mut seen = std::collections::HashSet::new();

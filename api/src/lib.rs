@@ -49,6 +49,9 @@ pub struct AppState {
     /// Users by `(tenant, id)`, as credentials are checked on every request: see
     /// [`AppState::users_cache`].
     pub users: lintel_store::FeedCache<(String, String), Option<lintel_model::User>>,
+    /// The MQTT publisher, when enabled: its brokers' state shows in readiness and in
+    /// the brokers API.
+    pub mqtt: Option<Arc<lintel_mqtt::Publisher>>,
 }
 
 impl AppState {

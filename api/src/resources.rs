@@ -10,8 +10,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use lintel_auth::policy::{self, may_read_setting};
 use lintel_auth::{NewApiKey, Principal, SealContext};
 use lintel_model::{
-    ApiKey, ControlSystem, DriverRecord, EncryptionLevel, IdKind, IdentityProvider, Metadata,
-    Module, REDACTED, Record, Role, Settings, SettingsBody, Tenant, Trigger, User, Zone, new_id,
+    ApiKey, Broker, ControlSystem, DriverRecord, EncryptionLevel, IdKind, IdentityProvider,
+    Metadata, Module, REDACTED, Record, Role, SealedValue, Settings, SettingsBody, Tenant, Trigger,
+    User, Zone, new_id,
 };
 use lintel_store::StoreExt;
 use serde_json::{Map, Value};
@@ -730,6 +731,37 @@ pub async fn delete_api_key(
     Ok(HttpResponse::Accepted().finish())
 }
 
+/// A write-only sealed field of a request body (`given`, taken out of it): a string is
+/// sealed by `seal` (1–`max` bytes), `true` or absent keeps the stored value, `null` or
+/// `false` clears it. An update's body is merged over the stored record, so the stored
+/// sealed value itself also keeps it; any other value is refused, naming the field.
+fn sealed_input(
+    field: &str,
+    given: Option<Value>,
+    current: Option<&SealedValue>,
+    max: usize,
+    seal: impl FnOnce(&str) -> Result<SealedValue>,
+) -> Result<Option<SealedValue>> {
+    match given {
+        Some(Value::String(s)) => {
+            if s.is_empty() || s.len() > max {
+                return Err(ApiError::BadRequest(format!(
+                    "`{field}` must be 1–{max} bytes"
+                )));
+            }
+            seal(&s).map(Some)
+        }
+        None | Some(Value::Bool(true)) => Ok(current.cloned()),
+        Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+        Some(v) if current.is_some_and(|c| serde_json::to_value(c).is_ok_and(|c| c == v)) => {
+            Ok(current.cloned())
+        }
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "`{field}` must be a string (to set), true (to keep) or null (to clear)"
+        ))),
+    }
+}
+
 impl ApiResource for IdentityProvider {
     fn view(&self, _state: &AppState, _p: &Principal) -> Result<Value> {
         let mut v = self.redacted();
@@ -744,26 +776,50 @@ impl ApiResource for IdentityProvider {
         state: &AppState,
         _p: &Principal,
     ) -> Result<Self> {
-        let secret = input.remove("client_secret");
+        let given = input.remove("client_secret");
         let mut idp: IdentityProvider = from_map(input)?;
-        idp.client_secret = match secret {
-            Some(Value::String(s)) => {
-                if s.is_empty() || s.len() > 4096 {
-                    return Err(ApiError::BadRequest(
-                        "`client_secret` must be 1–4096 bytes".into(),
-                    ));
-                }
-                Some(state.oidc.seal_client_secret(&idp, &s)?)
-            }
-            None | Some(Value::Bool(true)) => current.and_then(|c| c.client_secret.clone()),
-            Some(Value::Null) | Some(Value::Bool(false)) => None,
-            Some(_) => {
-                return Err(ApiError::BadRequest(
-                    "`client_secret` must be a string".into(),
-                ));
-            }
-        };
+        let stored = current.and_then(|c| c.client_secret.as_ref());
+        let secret = sealed_input("client_secret", given, stored, 4096, |s| {
+            Ok(state.oidc.seal_client_secret(&idp, s)?)
+        })?;
+        idp.client_secret = secret;
         Ok(idp)
+    }
+}
+
+impl ApiResource for Broker {
+    /// With the live connection `state` (`null` when disabled or MQTT is off): read-only,
+    /// and ignored when a client sends the record back.
+    fn view(&self, state: &AppState, _p: &Principal) -> Result<Value> {
+        let mut v = self.redacted();
+        v["password"] = Value::Bool(self.password.is_some());
+        v["state"] = state
+            .mqtt
+            .as_ref()
+            .and_then(|m| m.broker_state(&self.tenant_id, &self.id))
+            .map_or(Value::Null, |s| {
+                serde_json::to_value(s).unwrap_or(Value::Null)
+            });
+        Ok(v)
+    }
+
+    /// `password`: a string to seal, `true`/absent to keep, `null`/`false` to clear.
+    fn from_input(
+        mut input: Map<String, Value>,
+        current: Option<&Self>,
+        state: &AppState,
+        _p: &Principal,
+    ) -> Result<Self> {
+        let given = input.remove("password");
+        input.remove("state");
+        let mut broker: Broker = from_map(input)?;
+        let stored = current.and_then(|c| c.password.as_ref());
+        let password = sealed_input("password", given, stored, 1024, |s| {
+            let ctx = SealContext::broker_password(&broker.tenant_id, &broker.id);
+            Ok(state.keyring.current().seal(&ctx, s.as_bytes())?)
+        })?;
+        broker.password = password;
+        Ok(broker)
     }
 }
 

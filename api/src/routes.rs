@@ -54,17 +54,28 @@ pub(crate) async fn health(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok", "version": state.version}))
 }
 
-/// Ready when the store answers and the engine has started its modules.
+/// Ready when the store answers and the engine has started its modules. An MQTT broker
+/// that cannot be reached makes it `degraded`, still 200: the API and the engine work
+/// without it (and taking the pod out of service would not bring the broker back).
 pub(crate) async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let store = state.engine.store_ok().await;
     let engine = state.engine.is_ready();
+    let mqtt = match &state.mqtt {
+        None => "off",
+        Some(p) if p.brokers() == 0 => "off",
+        Some(p) if p.disconnected() == 0 => "ok",
+        Some(_) => "degraded",
+    };
     let body = json!({
         "ready": store && engine,
+        "status": if !(store && engine) { "unavailable" } else if mqtt == "degraded" { "degraded" } else { "ok" },
         "checks": {
             "store": if store { "ok" } else { "unavailable" },
             "engine": if engine { "ok" } else { "starting" },
+            "mqtt": mqtt,
         },
         "modules_running": state.engine.running_modules(),
+        "mqtt_brokers_disconnected": state.mqtt.as_ref().map_or(0, |p| p.disconnected()),
     });
     if store && engine {
         HttpResponse::Ok().json(body)

@@ -21,6 +21,8 @@ pub enum Resource {
     Users,
     ApiKeys,
     IdentityProviders,
+    /// MQTT brokers the tenant's live state is published to (their passwords are sealed).
+    Brokers,
     /// The audit trail.
     Audit,
     /// Live device state (status keys).
@@ -38,7 +40,7 @@ pub enum Action {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 14] = [
+    pub const ALL: [Resource; 15] = [
         Resource::Tenants,
         Resource::Zones,
         Resource::Systems,
@@ -50,6 +52,7 @@ impl Resource {
         Resource::Users,
         Resource::ApiKeys,
         Resource::IdentityProviders,
+        Resource::Brokers,
         Resource::Audit,
         Resource::State,
         Resource::Control,
@@ -69,6 +72,7 @@ impl Resource {
             Resource::Users => "users",
             Resource::ApiKeys => "api_keys",
             Resource::IdentityProviders => "identity_providers",
+            Resource::Brokers => "brokers",
             Resource::Audit => "audit",
             Resource::State => "state",
             Resource::Control => "control",
@@ -98,9 +102,9 @@ pub fn allows(role: Role, resource: Resource, action: Action) -> bool {
         (Modules | Drivers | Settings | Triggers | Users | Audit | Tenants, Read) => {
             role >= Support
         }
-        // Admins configure their tenant, its people, keys and sign-in.
+        // Admins configure their tenant, its people, keys, sign-in and brokers.
         (Zones | Systems | Modules | Drivers | Settings | Metadata | Triggers | Users, Write)
-        | (ApiKeys | IdentityProviders, _) => role >= Admin,
+        | (ApiKeys | IdentityProviders | Brokers, _) => role >= Admin,
         (Tenants, Write) => role >= Sysadmin,
         (State | Control | Audit, _) => false,
     }
@@ -233,6 +237,23 @@ mod tests {
         assert!(p.check(Resource::Systems, Action::Write).is_err());
         let e = p.check(Resource::ApiKeys, Action::Write).unwrap_err();
         assert_eq!(e.to_string(), "not allowed to write api_keys");
+    }
+
+    #[test]
+    fn sign_in_and_brokers_are_for_admins_only() {
+        for r in [Resource::IdentityProviders, Resource::Brokers] {
+            for a in [Action::Read, Action::Write] {
+                assert!(!allows(Role::Staff, r, a), "staff {a:?} {r:?}");
+                assert!(!allows(Role::Support, r, a), "support {a:?} {r:?}");
+                assert!(allows(Role::Admin, r, a), "admin {a:?} {r:?}");
+                assert!(allows(Role::Sysadmin, r, a), "sysadmin {a:?} {r:?}");
+            }
+        }
+        assert!(is_known_scope("brokers") && is_known_scope("brokers.write"));
+        let e = principal(Role::Support, &[])
+            .check(Resource::Brokers, Action::Read)
+            .unwrap_err();
+        assert_eq!(e.to_string(), "not allowed to read brokers");
     }
 
     #[test]

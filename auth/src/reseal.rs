@@ -3,7 +3,9 @@
 //! changed meanwhile is simply done again from its new content, never overwritten.
 
 use crate::{AuthError, Keyring, SealContext, SecretKeyring};
-use lintel_model::{IdentityProvider, Record, SealedValue, Settings, SettingsBody, SigningKey};
+use lintel_model::{
+    Broker, IdentityProvider, Record, SealedValue, Settings, SettingsBody, SigningKey,
+};
 use lintel_store::{Actor, ListOptions, Store, StoreError, StoreExt};
 use std::sync::Arc;
 
@@ -46,6 +48,15 @@ impl Sealed for IdentityProvider {
             .collect()
     }
 }
+impl Sealed for Broker {
+    fn sealed_mut(&mut self) -> Vec<(Field, &mut SealedValue)> {
+        self.password
+            .as_mut()
+            .map(|v| ((|t, r| SealContext::broker_password(t, r)) as Field, v))
+            .into_iter()
+            .collect()
+    }
+}
 impl Sealed for SigningKey {
     fn sealed_mut(&mut self) -> Vec<(Field, &mut SealedValue)> {
         vec![(
@@ -64,6 +75,7 @@ pub async fn reseal_all(
     let mut report = ResealReport::default();
     reseal_kind::<Settings>(store, &keyring, &mut report).await?;
     reseal_kind::<IdentityProvider>(store, &keyring, &mut report).await?;
+    reseal_kind::<Broker>(store, &keyring, &mut report).await?;
     reseal_kind::<SigningKey>(store, &keyring, &mut report).await?;
     Ok(report)
 }

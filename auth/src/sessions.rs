@@ -300,7 +300,7 @@ impl Sessions {
 mod tests {
     use super::*;
     use crate::{ApiKeys, Keyring, NewApiKey, SealContext, SecretKeyring, reseal_all};
-    use lintel_model::{EncryptionLevel, Settings, SettingsBody};
+    use lintel_model::{Broker, EncryptionLevel, Settings, SettingsBody};
     use lintel_store::ListOptions;
 
     async fn store() -> (tempfile::TempDir, Arc<dyn Store>, String) {
@@ -438,6 +438,24 @@ mod tests {
                 .await
                 .unwrap();
         }
+        // A broker's password, sealed with the old key too.
+        let broker_id = new_id(IdKind::Broker);
+        let password = old
+            .seal(
+                &SealContext::broker_password(&tenant, &broker_id),
+                b"broker-password",
+            )
+            .unwrap();
+        let broker = Broker {
+            id: broker_id.clone(),
+            tenant_id: tenant.clone(),
+            name: "Site broker".into(),
+            host: "broker.local".into(),
+            username: Some("lintel".into()),
+            password: Some(password),
+            ..Default::default()
+        };
+        store.create(&Actor::system(), broker).await.unwrap();
         let new_line = SecretKeyring::generate_line();
         let both = SecretKeyring::parse(&format!("{new_line}\n{old_line}")).unwrap();
         let keyring = Keyring::new(both);
@@ -477,7 +495,7 @@ mod tests {
         writer.await.unwrap();
         // Anything the writer sealed under the old key after the pass: a second pass.
         reseal_all(&store, &keyring).await.unwrap();
-        assert!(report.resealed >= 50, "{report:?}");
+        assert!(report.resealed >= 51, "{report:?}");
         let current = keyring.current();
         let new_only = SecretKeyring::parse(&new_line).unwrap();
         for s in store
@@ -493,6 +511,16 @@ mod tests {
             let value = open(&new_only, &s);
             assert!(value["secret"].as_str().unwrap().starts_with(['v', 'w']));
         }
+        let broker: Broker = store.require(&tenant, &broker_id).await.unwrap();
+        let password = broker.password.expect("the password is kept");
+        assert_eq!(password.key_id, current.primary_id());
+        let opened = new_only
+            .open(
+                &SealContext::broker_password(&tenant, &broker_id),
+                &password,
+            )
+            .unwrap();
+        assert_eq!(opened.as_slice(), b"broker-password");
         let last: Settings = store.require(&tenant, &target).await.unwrap();
         assert!(
             open(&new_only, &last)["secret"]

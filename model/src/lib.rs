@@ -10,8 +10,9 @@ mod records;
 pub use ids::{IdKind, ModuleSlug, SlugError, new_id, new_time_ordered_id, now_unix, now_unix_ms};
 pub use migrations::{Migrated, MigrationError, SCHEMA_VERSION, migrate};
 pub use records::{
-    ApiKey, AuditAction, AuditEntry, Broker, BrokerCommands, CommandRule, ControlSystem, DriverRecord, DriverRole, EncryptionLevel,
-    IdentityProvider, MODULE_URI_SCHEMES, Metadata, Module, REDACTED, Record, Role, RoleMapping,
-    SESSION_USED_HASHES, SETTINGS_PARENTS, SandboxBudget, SealedValue, Session, Settings,
-    SettingsBody, SigningKey, Tenant, Trigger, User, ValidationError, ZONE_TAGS, Zone, diff,
+    ApiKey, AuditAction, AuditEntry, Broker, BrokerCommands, CommandRule, ControlSystem,
+    DriverRecord, DriverRole, EncryptionLevel, IdentityProvider, MODULE_URI_SCHEMES, Metadata,
+    Module, REDACTED, Record, Role, RoleMapping, SESSION_USED_HASHES, SETTINGS_PARENTS,
+    SandboxBudget, SealedValue, Session, Settings, SettingsBody, SigningKey, Tenant, Trigger, User,
+    ValidationError, ZONE_TAGS, Zone, diff,
 };

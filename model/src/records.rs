@@ -1448,7 +1448,11 @@ impl Broker {
 
 /// Topic text Lintel writes itself (a prefix, a name): no MQTT wildcards, no NUL, no empty
 /// or outer `/` levels.
-fn require_topic_part(field: &'static str, value: &str, slash: bool) -> Result<(), ValidationError> {
+fn require_topic_part(
+    field: &'static str,
+    value: &str,
+    slash: bool,
+) -> Result<(), ValidationError> {
     bounded(field, value, 128)?;
     let bad = value.is_empty()
         || value.contains(['+', '#', '\0'])
@@ -1497,10 +1501,7 @@ record_common!(
                 ));
             }
             if !self.tls {
-                return Err(ValidationError::new(
-                    "ca_certificate",
-                    "needs `tls: true`",
-                ));
+                return Err(ValidationError::new("ca_certificate", "needs `tls: true`"));
             }
         }
         if let Some(u) = &self.username {
@@ -1511,7 +1512,10 @@ record_common!(
                 return Err(ValidationError::new("password", "needs a `username`"));
             }
             Some(s) if s.key_id.is_empty() || s.nonce.is_empty() || s.ciphertext.is_empty() => {
-                return Err(ValidationError::new("password", "sealed value is incomplete"));
+                return Err(ValidationError::new(
+                    "password",
+                    "sealed value is incomplete",
+                ));
             }
             _ => {}
         }
@@ -1527,7 +1531,10 @@ record_common!(
         require_topic_part("topic_prefix", &self.topic_prefix, true)?;
         let c = &self.commands;
         if !(1..=1000).contains(&c.per_second) {
-            return Err(ValidationError::new("commands.per_second", "must be 1–1000"));
+            return Err(ValidationError::new(
+                "commands.per_second",
+                "must be 1–1000",
+            ));
         }
         if c.allow.len() > 256 {
             return Err(ValidationError::new("commands.allow", "at most 256 rules"));
@@ -1784,6 +1791,191 @@ mod tests {
             ciphertext: "cipher-material".into(),
         };
         assert!(!format!("{sealed:?}").contains("cipher-material"));
+    }
+
+    fn broker() -> Broker {
+        Broker {
+            id: new_id(IdKind::Broker),
+            tenant_id: new_id(IdKind::Tenant),
+            name: "Site broker".into(),
+            host: "broker.example.com".into(),
+            ..Default::default()
+        }
+    }
+
+    fn sealed() -> SealedValue {
+        SealedValue {
+            key_id: "k1".into(),
+            nonce: "bm9uY2U=".into(),
+            ciphertext: "c2VjcmV0".into(),
+        }
+    }
+
+    fn rule(system: &str, module: &str, function: &str) -> CommandRule {
+        CommandRule {
+            system: system.into(),
+            module: module.into(),
+            function: function.into(),
+        }
+    }
+
+    #[test]
+    fn broker_defaults_are_valid_and_as_placeos() {
+        let b = broker();
+        assert_eq!(b.validate(), Ok(()));
+        assert_eq!(
+            (b.port(), b.qos, b.topic_prefix.as_str()),
+            (1883, 0, "placeos")
+        );
+        assert!(b.enabled && !b.commands.enabled, "{b:?}");
+        assert_eq!(b.client_id(), format!("lintel-{}", b.id));
+        let tls = Broker {
+            tls: true,
+            ..broker()
+        };
+        assert_eq!(tls.port(), 8883);
+        for host in ["10.0.0.5", "::1", "mqtt-1.site.local"] {
+            let b = Broker {
+                host: host.into(),
+                ..broker()
+            };
+            assert_eq!(b.validate(), Ok(()), "{host}");
+        }
+        // With a username, a sealed password, TLS, a CA, commands and their rules.
+        let full = Broker {
+            tls: true,
+            ca_certificate: Some(
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into(),
+            ),
+            username: Some("lintel".into()),
+            password: Some(sealed()),
+            qos: 1,
+            topic_prefix: "site/placeos".into(),
+            commands: BrokerCommands {
+                enabled: true,
+                allow: vec![rule("*", "Display", "power")],
+                per_second: 5,
+            },
+            ..broker()
+        };
+        assert_eq!(full.validate(), Ok(()));
+        assert_eq!(full.redacted()["password"], json!(REDACTED));
+        assert!(!full.redacted().to_string().contains("c2VjcmV0"));
+    }
+
+    /// Each bad broker is refused naming the field.
+    #[test]
+    fn broker_validation_names_the_field() {
+        type Mutation = Box<dyn Fn(&mut Broker)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("name", Box::new(|b| b.name.clear())),
+            ("host", Box::new(|b| b.host.clear())),
+            (
+                "host",
+                Box::new(|b| b.host = "mqtt://broker.example.com".into()),
+            ),
+            ("host", Box::new(|b| b.host = "broker/path".into())),
+            ("host", Box::new(|b| b.host = "broker example".into())),
+            ("port", Box::new(|b| b.port = Some(0))),
+            ("qos", Box::new(|b| b.qos = 2)),
+            ("keep_alive_secs", Box::new(|b| b.keep_alive_secs = 0)),
+            ("password", Box::new(|b| b.password = Some(sealed()))),
+            (
+                "password",
+                Box::new(|b| {
+                    b.username = Some("lintel".into());
+                    b.password = Some(SealedValue::default());
+                }),
+            ),
+            (
+                "ca_certificate",
+                Box::new(|b| {
+                    b.tls = true;
+                    b.ca_certificate = Some("not a certificate".into());
+                }),
+            ),
+            (
+                "ca_certificate",
+                Box::new(|b| {
+                    b.ca_certificate = Some("-----BEGIN CERTIFICATE-----\n".into());
+                }),
+            ),
+            (
+                "topic_prefix",
+                Box::new(|b| b.topic_prefix = "a/+/b".into()),
+            ),
+            ("topic_prefix", Box::new(|b| b.topic_prefix = "a/#".into())),
+            (
+                "topic_prefix",
+                Box::new(|b| b.topic_prefix = "/placeos".into()),
+            ),
+            (
+                "topic_prefix",
+                Box::new(|b| b.topic_prefix = "placeos/".into()),
+            ),
+            ("topic_prefix", Box::new(|b| b.topic_prefix = "a//b".into())),
+            ("topic_prefix", Box::new(|b| b.topic_prefix.clear())),
+            ("client_id", Box::new(|b| b.client_id = Some("a/b".into()))),
+            ("client_id", Box::new(|b| b.client_id = Some("a#".into()))),
+            ("commands.allow", Box::new(|b| b.commands.enabled = true)),
+            (
+                "commands.per_second",
+                Box::new(|b| b.commands.per_second = 0),
+            ),
+            (
+                "commands.allow.system",
+                Box::new(|b| b.commands.allow = vec![rule("zone-x", "*", "*")]),
+            ),
+            (
+                "commands.allow.module",
+                Box::new(|b| b.commands.allow = vec![rule("*", "Display/1", "*")]),
+            ),
+            (
+                "commands.allow.function",
+                Box::new(|b| b.commands.allow = vec![rule("*", "*", "+")]),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut b = broker();
+            mutate(&mut b);
+            let e = b
+                .validate()
+                .expect_err(&format!("{field} should be refused: {b:?}"));
+            assert_eq!(e.field, field, "{e}");
+        }
+        // Rules may be listed while commands are off.
+        let mut b = broker();
+        b.commands.allow = vec![rule("*", "*", "*")];
+        assert_eq!(b.validate(), Ok(()));
+    }
+
+    #[test]
+    fn command_rules_match_names_indexes_and_wildcards() {
+        let any = rule("*", "*", "*");
+        assert!(any.allows("sys-a", "Display", 1, "power"));
+        assert!(any.allows("sys-b", "Camera", 7, "zoom"));
+        // A bare name: that module at any index.
+        let display = rule("sys-a", "Display", "power");
+        assert!(display.allows("sys-a", "Display", 1, "power"));
+        assert!(display.allows("sys-a", "Display", 2, "power"));
+        assert!(
+            !display.allows("sys-b", "Display", 1, "power"),
+            "another system"
+        );
+        assert!(
+            !display.allows("sys-a", "Display", 1, "volume"),
+            "another function"
+        );
+        assert!(
+            !display.allows("sys-a", "Displays", 1, "power"),
+            "another module"
+        );
+        // A name with its index: that one only.
+        let second = rule("*", "Display_2", "*");
+        assert!(second.allows("sys-a", "Display", 2, "power"));
+        assert!(second.allows("sys-b", "Display", 2, "input"));
+        assert!(!second.allows("sys-a", "Display", 1, "power"));
+        assert!(!second.allows("sys-a", "Display", 22, "power"));
     }
 
     #[test]

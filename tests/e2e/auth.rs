@@ -529,11 +529,15 @@ fn roles_matrix_over_the_api() {
             "identity_providers",
             json!({"name": "i", "issuer": "http://127.0.0.1:9", "client_id": "c"}),
         ),
+        (
+            "brokers",
+            json!({"name": "b", "host": "broker.example.com", "username": "u", "password": "p"}),
+        ),
     ];
     for (name, body) in &crud {
         let read = match *name {
             n if reads_for_staff.contains(&n) => R::Staff,
-            "identity_providers" => R::Admin,
+            "identity_providers" | "brokers" => R::Admin,
             _ => R::Support,
         };
         table.push((Method::GET, format!("{V2}/{name}"), None, read));
@@ -854,6 +858,10 @@ fn another_tenants_records_answer_404() {
             "identity_providers",
             json!({"name": "idp", "issuer": "https://idp.example", "client_id": "c"}),
         ),
+        (
+            "brokers",
+            json!({"name": "b", "host": "broker.example.com", "username": "u", "password": "p"}),
+        ),
         ("api_keys", json!({"name": "k", "role": "staff"})),
     ] {
         let r = post(&l, &root, &format!("{V2}/{kind}"), body);
@@ -1061,6 +1069,29 @@ fn a_canary_secret_never_leaks() {
     );
     assert_error(&r, 403, "forbidden", "support writing settings");
 
+    // An MQTT broker's password: sealed, shown back only as `true`.
+    let r = post(
+        &l,
+        &admin,
+        &format!("{V2}/brokers"),
+        json!({"name": "Site broker", "host": "broker.example.com", "username": "lintel", "password": canary}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json()["password"], true, "{}", r.text);
+    bodies.push(r.text.clone());
+    let broker_id = r.json()["id"].as_str().unwrap().to_string();
+    let r = call(
+        &l,
+        Method::PATCH,
+        &format!("{V2}/brokers/{broker_id}"),
+        Cred::Bearer(&admin),
+        Some(&json!({"description": "kept sealed"})),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["password"], true, "{}", r.text);
+    bodies.push(r.text.clone());
+
     // Updating with the redacted placeholder keeps the value (no way to read it back).
     let r = call(
         &l,
@@ -1120,11 +1151,22 @@ fn a_canary_secret_never_leaks() {
         let r = get(&l, t, &format!("{V2}/audit?record_id={never_id}"));
         assert_eq!(r.status, 200, "{who}: {}", r.text);
         bodies.push(r.text);
+        let r = get(&l, t, &format!("{V2}/brokers/{broker_id}"));
+        assert_eq!(
+            r.status,
+            if who == "support" { 403 } else { 200 },
+            "{who}: {}",
+            r.text
+        );
+        bodies.push(r.text);
+        let r = get(&l, t, &format!("{V2}/brokers"));
+        bodies.push(r.text);
     }
     for path in [
         format!("{V2}/settings"),
         format!("{V2}/settings/{never_id}"),
         format!("{V2}/settings/{admin_id}"),
+        format!("{V2}/brokers/{broker_id}"),
     ] {
         let r = get(&l, &staff, &path);
         assert_error(&r, 403, "forbidden", &format!("staff GET {path}"));
@@ -1257,6 +1299,17 @@ fn oidc_sign_in_against_a_real_provider() {
     let created = r.json();
     assert_eq!(created["client_secret"], true, "{created}");
     let idp_id = created["id"].as_str().unwrap().to_string();
+    // An update that leaves the secret out keeps it (the sign-in below needs it).
+    let r = call(
+        &l,
+        Method::PATCH,
+        &format!("{V2}/identity_providers/{idp_id}"),
+        Cred::Bearer(&root),
+        Some(&json!({"name": "Entra ID"})),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["client_secret"], true, "{}", r.text);
     let r = get(&l, &root, &format!("{V2}/identity_providers"));
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(!r.text.contains(&client_secret), "{}", r.text);

@@ -7,6 +7,7 @@ mod bad_input;
 mod driver_scaffold;
 mod harness;
 mod idp;
+mod mqtt;
 mod placeos_client;
 mod rest;
 mod secrets;

@@ -1035,3 +1035,249 @@ fn traversal_ids_and_slow_headers_are_refused() {
         "cut too early"
     );
 }
+
+/// MQTT brokers (`/brokers`, admins): the password is write-only and sealed. Responses
+/// show `true`/`false`, never the sealed value nor the plaintext; an update without it
+/// keeps it, `null` clears it; the audit trail and the logs never carry it.
+#[test]
+fn broker_passwords_are_sealed_and_write_only() {
+    let (_dir, l, root) = start(&[("LINTEL_BOOTSTRAP__DEMO", "false")]);
+    let canary = format!("broker-canary-{}", std::process::id());
+    let user = |email: &str, role: &str| -> String {
+        let body = json!({
+            "name": email, "email": email, "roles": [role], "password": "user-password-1234",
+        });
+        let (s, v) = json_of(l.post(&root, &format!("{V2}/users"), &body.to_string()));
+        assert_eq!(s, 201, "{v}");
+        let r = client()
+            .post(l.url("/auth/oauth/token"))
+            .form(&[
+                ("grant_type", "password"),
+                ("username", email),
+                ("password", "user-password-1234"),
+            ])
+            .send()
+            .unwrap();
+        r.json::<Value>().unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let admin = user("broker-admin@lintel.local", "admin");
+    let support = user("broker-support@lintel.local", "support");
+    let staff = user("broker-staff@lintel.local", "staff");
+    let mut bodies: Vec<String> = Vec::new();
+    let mut text_of = |r: Response, status: u16| -> Value {
+        let s = r.status().as_u16();
+        let text = r.text().unwrap();
+        assert_eq!(s, status, "{text}");
+        bodies.push(text.clone());
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    };
+
+    let created = text_of(
+        l.post(
+            &admin,
+            &format!("{V2}/brokers"),
+            &json!({
+                "name": "Site broker",
+                "host": "broker.example.com",
+                "tls": true,
+                "username": "lintel",
+                "password": canary,
+                "topic_prefix": "site/placeos",
+            })
+            .to_string(),
+        ),
+        201,
+    );
+    assert_eq!(created["password"], true, "{created}");
+    assert_eq!(
+        (created["qos"].as_u64(), created["topic_prefix"].as_str()),
+        (Some(0), Some("site/placeos")),
+        "{created}"
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("broker-"), "{id}");
+    let one = format!("{V2}/brokers/{id}");
+    let shown = text_of(l.get(&admin, &one), 200);
+    assert_eq!(shown["password"], true, "{shown}");
+    let listed = text_of(l.get(&admin, &format!("{V2}/brokers")), 200);
+    assert_eq!(listed[0]["id"], id.as_str(), "{listed}");
+    assert_eq!(listed[0]["password"], true, "{listed}");
+
+    // Updates without the password keep it (PATCH and PUT), and so does `true`.
+    for (method, body) in [
+        (Method::PATCH, json!({"description": "roof plant room"})),
+        (Method::PUT, json!({"name": "Site broker 2"})),
+        (
+            Method::PATCH,
+            json!({"password": true, "keep_alive_secs": 60}),
+        ),
+    ] {
+        let v = text_of(
+            send(&l, &admin, method.clone(), &one, Some(body.clone())),
+            200,
+        );
+        assert_eq!(v["password"], true, "{method} {body}: {v}");
+    }
+    let v = text_of(l.get(&admin, &one), 200);
+    assert_eq!(
+        (
+            v["name"].as_str(),
+            v["keep_alive_secs"].as_u64(),
+            &v["password"]
+        ),
+        (Some("Site broker 2"), Some(60), &json!(true)),
+        "{v}"
+    );
+
+    // Bad input is a 400 naming the field, and changes nothing.
+    for (body, named) in [
+        (json!({"qos": 2}), "qos"),
+        (json!({"qos": "high"}), "qos"),
+        (json!({"host": "mqtt://broker.example.com"}), "host"),
+        (json!({"topic_prefix": "site/#"}), "topic_prefix"),
+        (json!({"password": ""}), "password"),
+        (json!({"password": "p".repeat(1025)}), "password"),
+        (json!({"password": 42}), "password"),
+        // A sealed value made up by a client is not taken for the stored one.
+        (
+            json!({"password": {"key_id": "k", "nonce": "bm9uY2U=", "ciphertext": "eA=="}}),
+            "password",
+        ),
+        (json!({"username": null}), "password"),
+        (json!({"commands": {"enabled": true}}), "commands.allow"),
+    ] {
+        let m = error_of(
+            send(&l, &admin, Method::PATCH, &one, Some(body.clone())),
+            400,
+            "bad_request",
+        );
+        assert!(m.contains(&format!("`{named}")), "{body}: {m}");
+    }
+    let m = error_of(
+        l.post(
+            &admin,
+            &format!("{V2}/brokers"),
+            &json!({"name": "b", "host": "h", "qos": 2}).to_string(),
+        ),
+        400,
+        "bad_request",
+    );
+    assert!(m.contains("`qos`"), "{m}");
+    let m = error_of(
+        l.post(
+            &admin,
+            &format!("{V2}/brokers"),
+            &json!({"name": "b", "host": "h", "password": "no-username"}).to_string(),
+        ),
+        400,
+        "bad_request",
+    );
+    assert!(m.contains("`password`") && m.contains("username"), "{m}");
+    assert_eq!(text_of(l.get(&admin, &one), 200)["password"], true);
+
+    // Staff and support may not see brokers at all, nor change them.
+    for t in [&staff, &support] {
+        error_of(l.get(t, &format!("{V2}/brokers")), 403, "forbidden");
+        error_of(l.get(t, &one), 403, "forbidden");
+        error_of(
+            l.post(t, &format!("{V2}/brokers"), r#"{"name": "b", "host": "h"}"#),
+            403,
+            "forbidden",
+        );
+        error_of(
+            send(&l, t, Method::PATCH, &one, Some(json!({"password": null}))),
+            403,
+            "forbidden",
+        );
+    }
+
+    // `null` clears it; a new string sets it again; `false` clears too.
+    let v = text_of(
+        send(
+            &l,
+            &admin,
+            Method::PATCH,
+            &one,
+            Some(json!({"password": null})),
+        ),
+        200,
+    );
+    assert_eq!(v["password"], false, "{v}");
+    assert_eq!(text_of(l.get(&admin, &one), 200)["password"], false);
+    let v = text_of(
+        send(
+            &l,
+            &admin,
+            Method::PATCH,
+            &one,
+            Some(json!({"password": format!("{canary}-2")})),
+        ),
+        200,
+    );
+    assert_eq!(v["password"], true, "{v}");
+    let v = text_of(
+        send(
+            &l,
+            &admin,
+            Method::PUT,
+            &one,
+            Some(json!({"password": false})),
+        ),
+        200,
+    );
+    assert_eq!(v["password"], false, "{v}");
+
+    // Soft delete and restore show the same view.
+    let v = text_of(
+        send(
+            &l,
+            &admin,
+            Method::PATCH,
+            &one,
+            Some(json!({"password": format!("{canary}-3")})),
+        ),
+        200,
+    );
+    assert_eq!(v["password"], true, "{v}");
+    assert_eq!(send(&l, &admin, Method::DELETE, &one, None).status(), 202);
+    let deleted = text_of(l.get(&admin, &format!("{V2}/brokers?deleted=true")), 200);
+    assert_eq!(deleted[0]["password"], true, "{deleted}");
+    let restored = text_of(l.post(&admin, &format!("{one}/restore"), ""), 200);
+    assert_eq!(restored["password"], true, "{restored}");
+
+    // The audit trail records every change, the password only as `<redacted>`.
+    let audit = text_of(l.get(&admin, &format!("{V2}/audit?record_id={id}")), 200);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions.first(), Some(&"created"), "{audit}");
+    assert!(
+        actions.contains(&"deleted") && actions.contains(&"restored"),
+        "{audit}"
+    );
+    assert_eq!(audit[0]["diff"]["password"]["to"], "<redacted>", "{audit}");
+    text_of(l.get(&root, &format!("{V2}/audit?limit=1000")), 200);
+
+    for b in &bodies {
+        assert!(!b.contains(&canary), "a response shows the password: {b}");
+        // A sealed value has a `ciphertext` and the keyring's key id.
+        for sealed in ["ciphertext", "lk-e2e-test"] {
+            assert!(
+                !b.contains(sealed),
+                "a response shows the sealed value: {b}"
+            );
+        }
+    }
+    for line in l.stdout().iter().chain(l.stderr().iter()) {
+        assert!(
+            !line.contains(&canary),
+            "the password is in the logs: {line}"
+        );
+    }
+}

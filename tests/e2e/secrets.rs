@@ -120,6 +120,16 @@ fn sealed_settings_reach_drivers_and_keys_rotate_online() {
         admin_level["id"].as_str().unwrap()
     );
 
+    // An MQTT broker's password is sealed too (write-only: shown back as `true`).
+    let broker = post_json(
+        &l,
+        &token,
+        "/api/engine/v2/brokers",
+        json!({"name": "Site broker", "host": "broker.example.com", "username": "lintel", "password": "broker-password-kept"}),
+    );
+    assert_eq!(broker["password"], true, "{broker}");
+    let broker_path = format!("/api/engine/v2/brokers/{}", broker["id"].as_str().unwrap());
+
     // Rotate online: a new key first in the file, then `lintel keys rotate`.
     let (_, second) = generate(None);
     let second = second.trim().to_string();
@@ -131,9 +141,9 @@ fn sealed_settings_reach_drivers_and_keys_rotate_online() {
     assert_eq!(code, Some(0), "{out}");
     let report: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(report["primary_key"], second_id.as_str(), "{report}");
-    // Two sealed settings and at least one signing key moved to the new key.
+    // Two sealed settings, the broker and at least one signing key moved to the new key.
     assert!(
-        report["resealed_records"].as_u64().unwrap() >= 3,
+        report["resealed_records"].as_u64().unwrap() >= 4,
         "{report}"
     );
     assert_eq!(report["new_signing_keys"], 1, "{report}");
@@ -156,6 +166,8 @@ fn sealed_settings_reach_drivers_and_keys_rotate_online() {
     let token = l.token(PASSWORD);
     let v: Value = l.get(&token, &setting_path).json().unwrap();
     assert_eq!(v["value"]["api_token"], "kept-across-rotation", "{v}");
+    let v: Value = l.get(&token, &broker_path).json().unwrap();
+    assert_eq!(v["password"], true, "{v}");
     eventually("the driver to receive the setting again", || {
         l.stdout()
             .iter()
@@ -165,6 +177,7 @@ fn sealed_settings_reach_drivers_and_keys_rotate_online() {
     for line in l.stdout().iter().chain(l.stderr().iter()) {
         assert!(!line.contains("cannot be opened"), "{line}");
         assert!(!line.contains("kept-across-rotation"), "{line}");
+        assert!(!line.contains("broker-password-kept"), "{line}");
     }
 }
 

@@ -188,6 +188,7 @@ pub async fn start(ws: WsConfig) -> Result<Fixture, BoxError> {
         metrics: None,
         version: "test",
         users: AppState::users_cache(&store),
+        mqtt: None,
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
