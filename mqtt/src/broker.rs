@@ -466,7 +466,8 @@ impl Feeder {
             if closing.is_cancelled() {
                 return Stop::Closing;
             }
-            if session.has_changed().unwrap_or(true) && *session.borrow() != Some(current) {
+            // Compared, not `has_changed`: the wait below marks a change seen.
+            if *session.borrow() != Some(current) {
                 return Stop::Session;
             }
             // What waits first, a bounded slice of it at a time.

@@ -137,6 +137,7 @@ impl Publisher {
             brokers_dirty: HashSet::new(),
             deadline: None,
             warned_oversize: None,
+            load_all: true,
         };
         let task = tokio::spawn(core.run(changes, feed, stop.clone()));
         Arc::new(Publisher {
@@ -216,10 +217,14 @@ struct Core {
     brokers_dirty: HashSet<Arc<str>>,
     deadline: Option<tokio::time::Instant>,
     warned_oversize: Option<Instant>,
+    /// The brokers of every tenant are still to be read.
+    load_all: bool,
 }
 
 /// Changes taken from the bus per wake-up.
 const CHANGE_BATCH: usize = 512;
+/// How soon a configuration read that failed is tried again.
+const RETRY: Duration = Duration::from_secs(5);
 
 impl Core {
     async fn run(
@@ -228,21 +233,6 @@ impl Core {
         mut feed: tokio::sync::broadcast::Receiver<Change>,
         stop: CancellationToken,
     ) {
-        match self
-            .ctx
-            .store
-            .list_all_scoped::<Broker>(None, ListOptions::default())
-            .await
-        {
-            Ok(all) => {
-                for b in all {
-                    self.brokers_dirty.insert(Arc::from(b.tenant_id.as_str()));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the MQTT brokers; will retry on the next change")
-            }
-        }
         self.apply().await;
         loop {
             let sleep = async {
@@ -364,13 +354,36 @@ impl Core {
             .get_or_insert_with(|| tokio::time::Instant::now() + self.ctx.cfg.settle);
     }
 
-    /// Apply gathered configuration changes: brokers first, then topics.
+    /// Apply gathered configuration changes: brokers first, then topics. What fails (the
+    /// store is unreachable) is tried again after [`RETRY`].
     async fn apply(&mut self) {
         self.deadline = None;
+        let mut failed = false;
+        if self.load_all {
+            // Every tenant with a broker (at start, and until it succeeds).
+            match self
+                .ctx
+                .store
+                .list_all_scoped::<Broker>(None, ListOptions::default())
+                .await
+            {
+                Ok(all) => {
+                    self.load_all = false;
+                    for b in all {
+                        self.brokers_dirty.insert(Arc::from(b.tenant_id.as_str()));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in_s = RETRY.as_secs(), "cannot read the MQTT brokers");
+                    failed = true;
+                }
+            }
+        }
         for tenant in std::mem::take(&mut self.brokers_dirty) {
             if let Err(e) = self.load_brokers(&tenant).await {
-                tracing::error!(tenant = %tenant, error = %e, "cannot read the tenant's MQTT brokers; will retry");
+                tracing::error!(tenant = %tenant, error = %e, retry_in_s = RETRY.as_secs(), "cannot read the tenant's MQTT brokers");
                 self.mark(tenant, false);
+                failed = true;
             }
         }
         for tenant in std::mem::take(&mut self.dirty) {
@@ -378,9 +391,13 @@ impl Core {
                 continue;
             }
             if let Err(e) = self.rebuild(&tenant).await {
-                tracing::error!(tenant = %tenant, error = %e, "cannot rebuild the MQTT topics; will retry");
+                tracing::error!(tenant = %tenant, error = %e, retry_in_s = RETRY.as_secs(), "cannot rebuild the MQTT topics");
                 self.mark(tenant, true);
+                failed = true;
             }
+        }
+        if failed {
+            self.deadline = Some(tokio::time::Instant::now() + RETRY);
         }
     }
 

@@ -473,3 +473,51 @@ async fn commands_are_off_by_default() {
     );
     publisher.shutdown().await;
 }
+
+/// TLS: a broker whose certificate comes from a site CA is trusted with that CA in
+/// `ca_certificate`, and refused with a clear error without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_brokers_are_verified_against_the_given_ca() {
+    let f = Fixture::new().await;
+    let m = Mosquitto::start_tls();
+    let (tls_port, ca) = m.tls().unwrap();
+    let trusted = f
+        .add_broker(&m, |b| {
+            b.port = Some(tls_port);
+            b.tls = true;
+            b.ca_certificate = Some(ca.to_string());
+        })
+        .await;
+    let untrusted = f
+        .add_broker(&m, |b| {
+            b.port = Some(tls_port);
+            b.tls = true;
+            b.client_id = Some("untrusted".into());
+        })
+        .await;
+    // Read back over the plain listener.
+    let mut sub = m.subscribe(&f.topic(2, "secure")).await;
+    let publisher = f.publisher(MqttConfig::default());
+    eventually(10, "the TLS broker connects", || {
+        publisher
+            .broker_state(&f.tenant, &trusted.id)
+            .is_some_and(|s| s.connected)
+    })
+    .await;
+    f.writer().set("secure", json!("over tls"));
+    until(&mut sub, 10, |msg| value(msg) == Some(json!("over tls"))).await;
+    eventually(10, "the untrusted certificate is refused", || {
+        publisher
+            .broker_state(&f.tenant, &untrusted.id)
+            .and_then(|s| s.error)
+            .is_some_and(|e| e.to_lowercase().contains("certificate"))
+    })
+    .await;
+    assert!(
+        !publisher
+            .broker_state(&f.tenant, &untrusted.id)
+            .unwrap()
+            .connected
+    );
+    publisher.shutdown().await;
+}

@@ -25,6 +25,24 @@ pub struct Mosquitto {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
+    /// The TLS listener's port and the PEM of the CA that issued its certificate.
+    tls: Option<(u16, String)>,
+}
+
+/// A site CA (PEM) and a certificate it issued for `127.0.0.1` and `localhost` (PEM,
+/// with its private key).
+pub fn site_certificate() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("a key")).expect("a CA");
+    let key = KeyPair::generate().expect("a key");
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("leaf parameters")
+        .signed_by(&key, &ca)
+        .expect("a leaf certificate");
+    (ca.pem(), leaf.pem(), key.serialize_pem())
 }
 
 impl Mosquitto {
@@ -36,8 +54,35 @@ impl Mosquitto {
         )
     }
 
+    /// Start with a plain listener and a TLS one (a certificate for `127.0.0.1` from a
+    /// site CA: see [`Mosquitto::tls`]).
+    pub fn start_tls() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (ca, cert, key) = site_certificate();
+        std::fs::write(dir.path().join("server.crt"), cert).expect("writing the certificate");
+        std::fs::write(dir.path().join("server.key"), key).expect("writing the key");
+        let tls_port = free_port();
+        let extra = format!(
+            "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+            dir.path().join("server.crt").display(),
+            dir.path().join("server.key").display()
+        );
+        let mut m = Self::launch(dir, free_port(), &extra, &[tls_port]);
+        m.tls = Some((tls_port, ca));
+        m
+    }
+
+    /// The TLS listener's port and its CA (PEM), for a broker from [`Mosquitto::start_tls`].
+    pub fn tls(&self) -> Option<(u16, &str)> {
+        self.tls.as_ref().map(|(p, ca)| (*p, ca.as_str()))
+    }
+
     /// Start with the files in `dir` (kept from [`Mosquitto::stop`]) on `port`.
     pub fn start_in(dir: tempfile::TempDir, port: u16) -> Mosquitto {
+        Self::launch(dir, port, "", &[])
+    }
+
+    fn launch(dir: tempfile::TempDir, port: u16, extra: &str, extra_ports: &[u16]) -> Mosquitto {
         let passwd = dir.path().join("passwd");
         write_password_file(&passwd);
         let conf = dir.path().join("mosquitto.conf");
@@ -46,7 +91,8 @@ impl Mosquitto {
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n\
                  persistence false\nlog_dest stderr\nmax_packet_size 2000000\n\
-                 max_queued_messages 100000\nmax_inflight_messages 0\n",
+                 max_queued_messages 100000\nmax_inflight_messages 0\n\
+                 per_listener_settings false\n{extra}",
                 passwd.display()
             ),
         )
@@ -58,14 +104,18 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto is required for the MQTT tests (apt-get install mosquitto)");
-        let m = Mosquitto { child, port, dir };
+        let m = Mosquitto {
+            child,
+            port,
+            dir,
+            tls: None,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        for p in std::iter::once(port).chain(extra_ports.iter().copied()) {
+            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+                assert!(Instant::now() < deadline, "mosquitto did not listen on {p}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         m
     }

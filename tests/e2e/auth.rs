@@ -1069,12 +1069,24 @@ fn a_canary_secret_never_leaks() {
     );
     assert_error(&r, 403, "forbidden", "support writing settings");
 
-    // An MQTT broker's password: sealed, shown back only as `true`.
+    // An MQTT broker's password: sealed, shown back only as `true`. A real broker refuses
+    // it (the refusal is logged, the password is not); another broker with the right
+    // credentials receives everything published, which must hold neither secret.
+    let mosquitto = lintel_testkit::Mosquitto::start(None);
+    let everything = crate::mqtt::Sub::start(&mosquitto, "#");
     let r = post(
         &l,
         &admin,
         &format!("{V2}/brokers"),
-        json!({"name": "Site broker", "host": "broker.example.com", "username": "lintel", "password": canary}),
+        json!({"name": "Reader", "host": "127.0.0.1", "port": mosquitto.port(),
+               "username": lintel_testkit::MQTT_USER, "password": lintel_testkit::MQTT_PASSWORD}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = post(
+        &l,
+        &admin,
+        &format!("{V2}/brokers"),
+        json!({"name": "Site broker", "host": "127.0.0.1", "port": mosquitto.port(), "username": "lintel", "password": canary}),
     );
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.json()["password"], true, "{}", r.text);
@@ -1176,6 +1188,18 @@ fn a_canary_secret_never_leaks() {
     let r = get(&l, &admin, &format!("{V2}/systems/{sys}/Display_1"));
     bodies.push(r.text);
 
+    // What reached the broker: the demo building's state, and neither secret.
+    everything.wait("the demo state on the broker", |t, _| {
+        t.ends_with("/Display/1/power")
+    });
+    let published = everything.lines();
+    for line in &published {
+        assert!(
+            !line.contains(&canary) && !line.contains(&admin_secret),
+            "a secret reached the MQTT broker: {line}"
+        );
+    }
+
     // A backup (while serving).
     let file = dir.path().join("canary.backup");
     let mut backup = command(&data);
@@ -1206,6 +1230,12 @@ fn a_canary_secret_never_leaks() {
         );
     }
     assert!(!out.contains(&canary), "backup command output: {out}");
+    assert!(
+        stdout
+            .iter()
+            .any(|l| l.contains("MQTT broker unreachable") && l.contains("not authorized")),
+        "the broker given the canary as its password was tried and refused"
+    );
     assert!(
         !contains(&backup_bytes, &canary),
         "the canary is in the backup in clear"

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 const V2: &str = "/api/engine/v2";
 
 /// `mosquitto_sub -v` on `filter`, its lines collected in the background.
-struct Sub {
+pub(crate) struct Sub {
     child: std::process::Child,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Sub {
-    fn start(m: &Mosquitto, filter: &str) -> Sub {
+    pub(crate) fn start(m: &Mosquitto, filter: &str) -> Sub {
         let sbin = "/usr/sbin/mosquitto_sub";
         let bin = if std::path::Path::new(sbin).exists() {
             sbin
@@ -45,7 +45,12 @@ impl Sub {
     }
 
     /// The first line `pred` accepts, waiting up to 20 s.
-    fn wait(&self, what: &str, pred: impl Fn(&str, &Value) -> bool) -> (String, Value) {
+    /// Every line received so far (`<topic> <payload>`).
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    pub(crate) fn wait(&self, what: &str, pred: impl Fn(&str, &Value) -> bool) -> (String, Value) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             for l in self.lines.lock().unwrap().iter() {
