@@ -347,7 +347,8 @@ impl Driver {
     }
 }
 
-/// Exponential backoff from 250 ms to 30 s with ±25 % jitter.
+/// Exponential backoff from 250 ms to 30 s, each wait 75–100 % of its step (jitter, so
+/// that many Lintel processes do not retry in step; never above 30 s).
 #[derive(Default)]
 struct Backoff {
     attempt: u32,
@@ -357,7 +358,7 @@ impl Backoff {
     fn next(&mut self) -> Duration {
         let base = 250u64.saturating_mul(1 << self.attempt.min(7)).min(30_000);
         self.attempt = self.attempt.saturating_add(1);
-        let jitter = rand_jitter(base / 4);
+        let jitter = rand_jitter(base / 8);
         Duration::from_millis(base - base / 4 + jitter)
     }
 
@@ -483,10 +484,13 @@ impl Feeder {
             if !batch.is_empty() {
                 continue;
             }
+            if resync.fill(&self.ctx, &self.shared.prefix, &mut batch) {
+                continue;
+            }
+            // Asked for while one ran: one more pass once it is done (not a restart per
+            // request, which a burst of them would keep from ever finishing).
             if self.shared.resync.swap(false, Ordering::Relaxed) {
                 resync = Resync::new(&self.ctx, &self.tenant);
-            }
-            if resync.fill(&self.ctx, &self.shared.prefix, &mut batch) {
                 continue;
             }
             metrics::gauge!("lintel_mqtt_pending", "broker" => self.shared.id.to_string()).set(0.0);

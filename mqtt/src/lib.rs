@@ -137,6 +137,7 @@ impl Publisher {
             brokers_dirty: HashSet::new(),
             deadline: None,
             warned_oversize: None,
+            warned_lag: None,
             load_all: true,
         };
         let task = tokio::spawn(core.run(changes, feed, stop.clone()));
@@ -217,6 +218,7 @@ struct Core {
     brokers_dirty: HashSet<Arc<str>>,
     deadline: Option<tokio::time::Instant>,
     warned_oversize: Option<Instant>,
+    warned_lag: Option<Instant>,
     /// The brokers of every tenant are still to be read.
     load_all: bool,
 }
@@ -249,12 +251,22 @@ impl Core {
                         for _ in 0..CHANGE_BATCH {
                             match changes.try_recv() {
                                 Ok(c) => self.on_change(c),
-                                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => self.lagged(n),
+                                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                                    self.lagged(n);
+                                    changes = changes.resubscribe();
+                                    break;
+                                }
                                 Err(_) => break,
                             }
                         }
                     }
-                    Err(RecvError::Lagged(n)) => self.lagged(n),
+                    Err(RecvError::Lagged(n)) => {
+                        self.lagged(n);
+                        // From the newest change on: the re-publication covers the rest.
+                        // (Reading on from the oldest kept change would lag again at
+                        // once while the writers outrun the bus.)
+                        changes = changes.resubscribe();
+                    }
                     Err(RecvError::Closed) => break,
                 },
                 r = feed.recv() => match r {
@@ -282,10 +294,17 @@ impl Core {
 
     /// Values may have been missed: every broker re-publishes everything.
     fn lagged(&mut self, n: u64) {
-        tracing::warn!(
-            missed = n,
-            "the MQTT publisher fell behind the status bus; re-publishing current state"
-        );
+        metrics::counter!("lintel_mqtt_lagged_total").increment(1);
+        if self
+            .warned_lag
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(60))
+        {
+            self.warned_lag = Some(Instant::now());
+            tracing::warn!(
+                missed = n,
+                "the MQTT publisher fell behind the status bus; re-publishing current state (said at most once a minute; see lintel_mqtt_lagged_total)"
+            );
+        }
         for t in self.tenants.values() {
             for b in t.shared() {
                 b.resync.store(true, std::sync::atomic::Ordering::Relaxed);

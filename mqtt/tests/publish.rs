@@ -188,7 +188,8 @@ async fn a_broker_outage_loses_no_final_value_and_memory_stays_bounded() {
     let last = round - 1;
 
     let m = Mosquitto::start_in(dir, port);
-    eventually(30, "reconnected", || publisher.disconnected() == 0).await;
+    // The next attempt comes within the backoff's 30 s ceiling.
+    eventually(45, "reconnected", || publisher.disconnected() == 0).await;
     // Every key's final value is on the broker, retained.
     let mut sub = m.subscribe(&f.topic(2, "+")).await;
     let mut finals = std::collections::HashMap::new();
