@@ -33,7 +33,7 @@ pub use runtime::{
 };
 pub use state::{ModuleStatus, Snapshot, StatusBus, StatusChange};
 pub use timers::{MAX_TIMERS, Schedule};
-pub use transport::{CONNECTION_ERROR_KEY, InProcessEndpoint, MAX_FRAME_BYTES, Target};
+pub use transport::{Backoff, CONNECTION_ERROR_KEY, InProcessEndpoint, MAX_FRAME_BYTES, Target};
 
 use actor::{Event, ModuleActor, SystemClock};
 use lintel_model::{

@@ -32,7 +32,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Reconnection delays: from 0.5 s, doubling to 30 s, each within ±15 % (so modules that
 /// lost one gateway together do not come back in step).
 #[derive(Debug)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     next: Duration,
 }
 

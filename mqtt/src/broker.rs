@@ -12,6 +12,7 @@ use crate::pending::Pending;
 use crate::topics::{self, CommandTopic};
 use crate::{Ctx, Inbound};
 use bytes::Bytes;
+use lintel_engine::Backoff;
 use lintel_model::Broker;
 use parking_lot::Mutex;
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
@@ -334,7 +335,7 @@ impl Driver {
                         return;
                     }
                     let why = format!("MQTT broker {}: {}", self.host, describe(&e));
-                    let wait = backoff.next();
+                    let wait = backoff.wait();
                     tracing::warn!(broker = %self.shared.id, name = %self.shared.name, error = %why, retry_in_ms = wait.as_millis() as u64, "MQTT broker unreachable; values wait, coalesced");
                     self.shared.set_connected(false, Some(why));
                     tokio::select! {
@@ -344,39 +345,6 @@ impl Driver {
                 }
             }
         }
-    }
-}
-
-/// Exponential backoff from 250 ms to 30 s, each wait 75–100 % of its step (jitter, so
-/// that many Lintel processes do not retry in step; never above 30 s).
-#[derive(Default)]
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let base = 250u64.saturating_mul(1 << self.attempt.min(7)).min(30_000);
-        self.attempt = self.attempt.saturating_add(1);
-        let jitter = rand_jitter(base / 8);
-        Duration::from_millis(base - base / 4 + jitter)
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// A number in `0..=2*quarter`, from the clock (jitter needs no cryptographic quality).
-fn rand_jitter(quarter: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_nanos()))
-        .unwrap_or(0);
-    if quarter == 0 {
-        0
-    } else {
-        nanos % (2 * quarter + 1)
     }
 }
 

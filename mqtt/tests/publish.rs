@@ -188,7 +188,7 @@ async fn a_broker_outage_loses_no_final_value_and_memory_stays_bounded() {
     let last = round - 1;
 
     let m = Mosquitto::start_in(dir, port);
-    // The next attempt comes within the backoff's 30 s ceiling.
+    // The next attempt comes within the backoff's ceiling (30 s, +15 %).
     eventually(45, "reconnected", || publisher.disconnected() == 0).await;
     // Every key's final value is on the broker, retained.
     let mut sub = m.subscribe(&f.topic(2, "+")).await;
