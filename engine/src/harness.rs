@@ -242,12 +242,20 @@ impl HarnessBuilder {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let runtime =
-            Arc::new(DriverRuntime::new(dir.path(), self.limits).map_err(|e| e.to_string())?);
-        let (hash, info) = rt
-            .block_on(runtime.install(&self.component))
-            .map_err(|e| e.to_string())?;
+        let (runtime, dir) = harness_runtime(self.limits)?;
+        let hash = crate::runtime::sha256_hex(&self.component);
+        let (hash, info) = if runtime.has_local(&hash) {
+            // Compiled by an earlier test: load it (its metadata and world version are
+            // checked again below, as at install).
+            let component = runtime.component(&hash).map_err(|e| e.to_string())?;
+            let info = rt
+                .block_on(runtime.info(&hash, &component))
+                .map_err(|e| e.to_string())?;
+            (hash, info)
+        } else {
+            rt.block_on(runtime.install(&self.component))
+                .map_err(|e| e.to_string())?
+        };
         let component = runtime.component(&hash).map_err(|e| e.to_string())?;
         let mut merged = info.default_settings.clone();
         if let (Some(m), Some(o)) = (merged.as_object_mut(), self.settings.as_object()) {
@@ -325,10 +333,34 @@ impl HarnessBuilder {
 
 const MAX_OUTBOUND: usize = 1024;
 
+/// The driver runtime a harness uses. Its components and their precompiled forms are kept
+/// in `lintel-harness-cache` next to the test binary's directory (inside the cargo target
+/// directory; `LINTEL_HARNESS_CACHE` names another), so a component compiles once, not
+/// once per test — nextest runs every test in its own process. Falls back to a temporary
+/// directory of its own when that cannot be used.
+fn harness_runtime(
+    limits: SandboxLimits,
+) -> Result<(Arc<DriverRuntime>, Option<tempfile::TempDir>), String> {
+    let shared = std::env::var_os("LINTEL_HARNESS_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join("lintel-harness-cache"))
+        });
+    if let Some(dir) = shared
+        && let Ok(runtime) = DriverRuntime::new(&dir, limits.clone())
+    {
+        return Ok((Arc::new(runtime), None));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let runtime = DriverRuntime::new(dir.path(), limits).map_err(|e| e.to_string())?;
+    Ok((Arc::new(runtime), Some(dir)))
+}
+
 /// A driver running in-process against a scripted device, in virtual time.
 pub struct Harness {
     rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
     clock: Arc<VirtualClock>,
     info: Arc<DriverInfo>,
     events: flume::Sender<Event>,

@@ -631,7 +631,10 @@ impl bindings::lintel::driver::host::Host for ModuleHost {
         if self.transport != TransportKind::Http {
             return Err("http-request needs a driver with the http transport".into());
         }
-        const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+        // HTTP's methods, and WebDAV's read methods for CalDAV/CardDAV servers.
+        const METHODS: [&str; 9] = [
+            "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "PROPFIND", "REPORT",
+        ];
         if !METHODS.contains(&request.method.as_str()) {
             return Err(format!("HTTP method `{}` is not supported", request.method));
         }

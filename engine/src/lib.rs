@@ -250,6 +250,8 @@ pub struct Engine {
     store: Arc<dyn Store>,
     status: Arc<StatusBus>,
     endpoints: transport::Endpoints,
+    /// In-process HTTP simulators: `sim://<name>` for an HTTP driver is this base URL.
+    http_endpoints: Arc<parking_lot::RwLock<HashMap<String, String>>>,
     ready: AtomicBool,
     clock: Arc<SystemClock>,
     http: reqwest::Client,
@@ -274,6 +276,7 @@ impl Engine {
             store,
             status,
             endpoints: Default::default(),
+            http_endpoints: Default::default(),
             ready: AtomicBool::new(false),
             clock: Arc::new(SystemClock::default()),
             http,
@@ -287,6 +290,30 @@ impl Engine {
     /// Make an in-process device reachable at `sim://<name>`.
     pub fn register_endpoint(&self, name: &str, endpoint: Arc<dyn InProcessEndpoint>) {
         self.endpoints.write().insert(name.to_string(), endpoint);
+    }
+
+    /// Make an in-process HTTP device (a simulator serving on a loopback port) reachable
+    /// at `sim://<name>` by modules of HTTP drivers: requests go to `base_url`. The demo
+    /// building's panels and calendars use it, so their records do not hold a port that
+    /// changes with every start.
+    pub fn register_http_endpoint(&self, name: &str, base_url: &str) {
+        self.http_endpoints
+            .write()
+            .insert(name.to_string(), base_url.to_string());
+    }
+
+    /// The base URL an HTTP module's `uri` stands for: itself, or a registered
+    /// in-process simulator's for `sim://<name>`.
+    fn http_base(&self, uri: &str) -> std::result::Result<String, String> {
+        match uri.strip_prefix("sim://") {
+            None => Ok(uri.to_string()),
+            Some(name) => self
+                .http_endpoints
+                .read()
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("no in-process HTTP device `{name}`")),
+        }
     }
 
     pub fn status_bus(&self) -> &Arc<StatusBus> {
@@ -909,8 +936,9 @@ impl Engine {
                 let uri = endpoint
                     .as_deref()
                     .ok_or_else(|| need("http(s)://host[:port]"))?;
+                let uri = self.http_base(uri).map_err(refused)?;
                 http_device = Some(
-                    links::HttpDevice::new(uri, &settings, &self.http, status.clone())
+                    links::HttpDevice::new(&uri, &settings, &self.http, status.clone())
                         .map_err(refused)?,
                 );
                 None
@@ -1069,7 +1097,8 @@ impl Engine {
         let bad = |e: String| EngineError::Invalid(format!("module {module_id}: {e}"));
         let (host, port, udp) = match Target::parse(&uri) {
             Ok(Target::InProcess(name)) => {
-                let found = self.endpoints.read().contains_key(&name);
+                let found = self.endpoints.read().contains_key(&name)
+                    || self.http_endpoints.read().contains_key(&name);
                 return Ok(Ping {
                     host: format!("sim://{name}"),
                     pingable: found,

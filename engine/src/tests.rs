@@ -1521,6 +1521,45 @@ async fn a_refusing_tcp_device_is_reported_and_reconnected() {
     f.engine.shutdown().await;
 }
 
+/// A device that accepts and closes at once is retried with a growing backoff, not every
+/// 0.5 s (the backoff resets only after a connection that lasted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_closes_at_once_is_retried_with_a_growing_backoff() {
+    use lintel_bundled_drivers::fixtures::VERSIONED_V1;
+    let f = demo_fixture().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    let m = add_module(
+        &f.engine,
+        &f.tenant,
+        &f.system,
+        VERSIONED_V1.component,
+        Some(&format!("tcp://{addr}")),
+        json!({}),
+    )
+    .await;
+    f.engine.start_module(&f.tenant, &m.id).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Waits of 0.5, 1 and 2 s (±15 %) after the first: 3 or 4 connections in the next
+    // 3.2 s, where a backoff reset by each connect would make about 7.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    let n = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=4).contains(&n), "{n} connections in 3.2 s");
+    f.engine.shutdown().await;
+}
+
 /// Attach plain settings to `parent` (a driver, zone, system or module).
 async fn attach_settings(engine: &Engine, tenant: &str, parent: &str, body: Value) -> Settings {
     engine
@@ -2282,6 +2321,13 @@ async fn pings_probe_the_device_address() {
         .await
         .unwrap();
     assert!(!p.pingable && p.exception.unwrap().contains("nowhere"));
+    // An in-process HTTP simulator registered under a name counts too.
+    f.engine
+        .register_http_endpoint("web-sim", &format!("http://{up}"));
+    let p = ping(&module_at(Some("sim://web-sim".into())).await)
+        .await
+        .unwrap();
+    assert!(p.pingable && p.exception.is_none(), "{p:?}");
 
     let e = ping(&module_at(None).await).await.unwrap_err();
     assert!(

@@ -28,6 +28,8 @@ pub const CONNECTION_ERROR_KEY: &str = "connection_error";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A connection that lasts this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(5);
 
 /// Reconnection delays: from 0.5 s, doubling to 30 s, each within ±15 % (so modules that
 /// lost one gateway together do not come back in step).
@@ -430,7 +432,7 @@ impl TransportTask {
             };
             match attempt {
                 Ok(conn) => {
-                    backoff.reset();
+                    let opened = tokio::time::Instant::now();
                     if self.makebreak.is_some() {
                         tracing::debug!(module = %self.module_id, "device connected");
                     } else {
@@ -444,6 +446,11 @@ impl TransportTask {
                     }
                     if self.cancel.is_cancelled() {
                         return;
+                    }
+                    // Only a connection that lasted resets the backoff: a device that
+                    // accepts and closes at once (a refused login) is not hammered.
+                    if opened.elapsed() >= STABLE_CONNECTION {
+                        backoff.reset();
                     }
                     if self.makebreak.is_some() {
                         // Closed between commands: not offline, the next send reconnects.

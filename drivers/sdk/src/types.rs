@@ -442,7 +442,7 @@ impl std::str::FromStr for StatusRef {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpRequest {
-    /// GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS.
+    /// GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS, or WebDAV's PROPFIND or REPORT.
     pub method: String,
     /// A path (and query) relative to the module's base `uri`.
     pub path: String,
