@@ -5,20 +5,119 @@ use crate::config::Config;
 use lintel_auth::{PasswordHasher, generate_password};
 use lintel_engine::Engine;
 use lintel_model::{
-    ControlSystem, DriverRole, IdKind, Module, Role, Tenant, User, Zone, new_id, now_unix,
+    ControlSystem, DriverRole, IdKind, Module, Role, Settings, SettingsBody, Tenant, User, Zone,
+    new_id, now_unix,
 };
 use lintel_store::{Actor, ErasedRecord, ListOptions, Store, StoreExt};
 
-/// The demo simulators' in-process names (`sim://<name>`), per room.
-pub const DEMO_ROOMS: [(&str, u32, &str, &str); 2] = [
-    ("Room 1.01 Huddle", 4, "demo-display-1", "demo-occupancy-1"),
+/// The demo building's rooms: (name, capacity, devices). Each device is a module of a
+/// bundled catalog driver; those with a simulator reach it at `sim://<sim name>`
+/// (started by `crate::demo`).
+pub const DEMO_ROOMS: [(&str, u32, &[DemoDevice]); 2] = [
+    (
+        "Room 1.01 Huddle",
+        4,
+        &[
+            DemoDevice::Display,
+            DemoDevice::Occupancy,
+            DemoDevice::RoomSensor,
+            DemoDevice::Calendar,
+            DemoDevice::Panel,
+            DemoDevice::Bookings,
+        ],
+    ),
     (
         "Room 1.02 Boardroom",
         12,
-        "demo-display-2",
-        "demo-occupancy-2",
+        &[
+            DemoDevice::Display,
+            DemoDevice::Occupancy,
+            DemoDevice::Projector,
+            DemoDevice::SamsungDisplay,
+            DemoDevice::Calendar,
+            DemoDevice::Panel,
+            DemoDevice::Bookings,
+        ],
     ),
 ];
+
+/// Where the demo calendars keep their bookings (the simulators serve this collection).
+pub const DEMO_CALENDAR_PATH: &str = "/demo/room/";
+
+/// A device of the demo building.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DemoDevice {
+    /// The demo display (`Display_1`): line protocol.
+    Display,
+    /// The demo occupancy sensor (`Occupancy_1`): people count and presence.
+    Occupancy,
+    /// A PJLink projector (`Projector_1`).
+    Projector,
+    /// A Samsung display over MDC (`Display_2`).
+    SamsungDisplay,
+    /// A Modbus TCP room sensor (`Modbus_1`): temperature, humidity, CO2, occupancy.
+    RoomSensor,
+    /// The room's CalDAV calendar (`Calendar_1`).
+    Calendar,
+    /// The booking panel by the door (`Panel_1`).
+    Panel,
+    /// The room logic (`Bookings_1`): no device.
+    Bookings,
+}
+
+impl DemoDevice {
+    pub fn driver(self) -> lintel_bundled_drivers::BundledDriver {
+        use lintel_bundled_drivers as b;
+        match self {
+            DemoDevice::Display => b::DEMO_DISPLAY,
+            DemoDevice::Occupancy => b::DEMO_OCCUPANCY,
+            DemoDevice::Projector => b::PJLINK,
+            DemoDevice::SamsungDisplay => b::SAMSUNG_MDC,
+            DemoDevice::RoomSensor => b::MODBUS,
+            DemoDevice::Calendar => b::CALDAV,
+            DemoDevice::Panel => b::ROOM_PANEL,
+            DemoDevice::Bookings => b::BOOKINGS,
+        }
+    }
+
+    /// Its simulator's in-process name in room `room` (1-based), if it has a device.
+    pub fn sim(self, room: usize) -> Option<String> {
+        let kind = match self {
+            DemoDevice::Display => "display",
+            DemoDevice::Occupancy => "occupancy",
+            DemoDevice::Projector => "projector",
+            DemoDevice::SamsungDisplay => "samsung",
+            DemoDevice::RoomSensor => "modbus",
+            DemoDevice::Calendar => "calendar",
+            DemoDevice::Panel => "panel",
+            DemoDevice::Bookings => return None,
+        };
+        Some(format!("demo-{kind}-{room}"))
+    }
+
+    /// Its driver's role, as PlaceOS names them: HTTP services, the logic, devices.
+    fn role(self) -> DriverRole {
+        match self {
+            DemoDevice::Calendar | DemoDevice::Panel => DriverRole::Service,
+            DemoDevice::Bookings => DriverRole::Logic,
+            _ => DriverRole::Device,
+        }
+    }
+
+    /// The module's settings (beyond the driver's defaults).
+    fn settings(self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            DemoDevice::Calendar => json!({"calendar_path": DEMO_CALENDAR_PATH}),
+            DemoDevice::Bookings => json!({
+                "calendar": "Calendar_1",
+                "occupancy": "Occupancy_1.presence",
+                "panel": "Panel_1"
+            }),
+            _ => json!({}),
+        }
+    }
+}
 
 pub struct FirstRun {
     pub tenant: Tenant,
@@ -86,8 +185,8 @@ pub async fn first_run(
     }))
 }
 
-/// A zone tree (org → building → level) with two rooms, each with a display and an
-/// occupancy sensor driven by the bundled demo drivers against in-process simulators.
+/// A zone tree (org → building → level) with the rooms of [`DEMO_ROOMS`], their devices
+/// driven by bundled catalog drivers against in-process simulators, and each room's logic.
 async fn demo_building(
     tenant_id: &str,
     engine: &Engine,
@@ -111,35 +210,60 @@ async fn demo_building(
     let mut out: Vec<Box<dyn ErasedRecord>> =
         vec![Box::new(org), Box::new(building), Box::new(level)];
 
-    let mut drivers = Vec::new();
-    for bundled in [
-        lintel_bundled_drivers::DEMO_DISPLAY,
-        lintel_bundled_drivers::DEMO_OCCUPANCY,
-    ] {
-        let (hash, info) = engine
-            .install_component(tenant_id, bundled.component.to_vec())
-            .await?;
-        let record = info.to_record(tenant_id, hash, DriverRole::Device);
-        drivers.push(record.id.clone());
-        out.push(Box::new(record));
+    // One driver record per bundled driver the rooms use.
+    let mut drivers: Vec<(&str, String)> = Vec::new();
+    for (_, _, devices) in DEMO_ROOMS {
+        for device in devices {
+            let bundled = device.driver();
+            if drivers.iter().any(|(name, _)| *name == bundled.crate_name) {
+                continue;
+            }
+            let (hash, info) = engine
+                .install_component(tenant_id, bundled.component.to_vec())
+                .await?;
+            let record = info.to_record(tenant_id, hash, device.role());
+            drivers.push((bundled.crate_name, record.id.clone()));
+            out.push(Box::new(record));
+        }
     }
 
-    for (name, capacity, display_sim, occupancy_sim) in DEMO_ROOMS {
+    for (room, (name, capacity, devices)) in DEMO_ROOMS.into_iter().enumerate() {
         let system_id = new_id(IdKind::System);
         let mut modules = Vec::new();
-        for (driver_id, sim) in drivers.iter().zip([display_sim, occupancy_sim]) {
+        for device in devices {
+            let crate_name = device.driver().crate_name;
+            let driver_id = drivers
+                .iter()
+                .find(|(name, _)| *name == crate_name)
+                .map(|(_, id)| id.clone())
+                .expect("every demo driver was installed above");
             let module = Module {
                 id: new_id(IdKind::Module),
                 tenant_id: tenant_id.into(),
-                driver_id: driver_id.clone(),
+                driver_id,
                 control_system_id: Some(system_id.clone()),
-                uri: Some(format!("sim://{sim}")),
+                uri: device.sim(room + 1).map(|sim| format!("sim://{sim}")),
                 running: true,
-                notes: "Demo device (in-process simulator)".into(),
+                notes: match device.sim(room + 1) {
+                    Some(_) => "Demo device (in-process simulator)".into(),
+                    None => "Demo room logic".into(),
+                },
                 created_at: now,
                 updated_at: now,
                 ..Default::default()
             };
+            let settings = device.settings();
+            if settings.as_object().is_some_and(|o| !o.is_empty()) {
+                out.push(Box::new(Settings {
+                    id: new_id(IdKind::Settings),
+                    tenant_id: tenant_id.into(),
+                    parent_id: module.id.clone(),
+                    body: SettingsBody::Plain(settings),
+                    created_at: now,
+                    updated_at: now,
+                    ..Default::default()
+                }));
+            }
             modules.push(module.id.clone());
             out.push(Box::new(module));
         }
@@ -147,7 +271,7 @@ async fn demo_building(
             id: system_id,
             tenant_id: tenant_id.into(),
             name: name.into(),
-            description: "Demo room with a display and an occupancy sensor".into(),
+            description: "Demo room: displays, sensors, a calendar, a booking panel and the room logic that ties them together".into(),
             email: None,
             capacity,
             bookable: true,

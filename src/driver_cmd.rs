@@ -1,5 +1,5 @@
-//! `lintel driver`: scaffold a driver crate (`new`) and upload a built component to a
-//! running server (`upload`).
+//! `lintel driver`: scaffold a driver crate (`new`), upload a built or bundled component
+//! to a running server (`upload`), list the bundled drivers (`catalog`).
 
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
@@ -26,7 +26,12 @@ pub enum DriverCommand {
     /// it upgrades that driver and hot-reloads its running modules.
     Upload {
         /// The component file.
-        file: PathBuf,
+        #[arg(required_unless_present = "bundled", conflicts_with = "bundled")]
+        file: Option<PathBuf>,
+        /// Upload a driver shipped inside this `lintel` instead of a file (see
+        /// `lintel driver catalog`), e.g. `--bundled pjlink`.
+        #[arg(long, value_name = "NAME")]
+        bundled: Option<String>,
         /// Upgrade this existing driver (its id) instead of creating a new one.
         #[arg(long, value_name = "ID")]
         driver: Option<String>,
@@ -34,6 +39,9 @@ pub enum DriverCommand {
         #[arg(long, value_name = "ID")]
         tenant: Option<String>,
     },
+    /// List the drivers shipped inside this `lintel` (the catalog, docs/drivers/), which
+    /// `lintel driver upload --bundled NAME` installs.
+    Catalog,
 }
 
 /// The largest component `lintel driver upload` sends.
@@ -211,14 +219,46 @@ pub fn new(name: &str, path: Option<&Path>, lintel_src: Option<&Path>) -> ExitCo
     }
 }
 
+/// `lintel driver catalog`: the bundled drivers, one per line.
+pub fn catalog() -> ExitCode {
+    println!("{:<16} {:>9}  docs", "NAME", "SIZE");
+    for d in lintel_bundled_drivers::ALL {
+        println!(
+            "{:<16} {:>6} KiB  docs/drivers/{}.md",
+            d.name(),
+            d.component.len().div_ceil(1024),
+            d.name()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// What `lintel driver upload` sends: a file, or a bundled driver by name.
+pub enum Component<'a> {
+    File(&'a Path),
+    Bundled(&'a str),
+}
+
 /// `lintel driver upload`: sends the component over the admin socket of `data_dir`.
 pub fn upload(
     data_dir: &Path,
-    file: &Path,
+    component: Component<'_>,
     driver: Option<&str>,
     tenant: Option<&str>,
 ) -> ExitCode {
-    match upload_inner(data_dir, file, driver, tenant) {
+    let bytes = match component {
+        Component::File(file) => read_component(file),
+        Component::Bundled(name) => lintel_bundled_drivers::find(name)
+            .map(|d| d.component.to_vec())
+            .ok_or_else(|| {
+                let names: Vec<_> = lintel_bundled_drivers::ALL
+                    .iter()
+                    .map(|d| d.name())
+                    .collect();
+                anyhow::anyhow!("no bundled driver `{name}`; bundled: {}", names.join(", "))
+            }),
+    };
+    match bytes.and_then(|bytes| upload_inner(data_dir, &bytes, driver, tenant)) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
@@ -230,12 +270,8 @@ pub fn upload(
     }
 }
 
-fn upload_inner(
-    data_dir: &Path,
-    file: &Path,
-    driver: Option<&str>,
-    tenant: Option<&str>,
-) -> anyhow::Result<String> {
+/// A component file, checked for size and kind.
+fn read_component(file: &Path) -> anyhow::Result<Vec<u8>> {
     use anyhow::Context;
     let size = std::fs::metadata(file)
         .with_context(|| format!("cannot read {}", file.display()))?
@@ -253,11 +289,21 @@ fn upload_inner(
             file.display()
         );
     }
+    Ok(bytes)
+}
+
+fn upload_inner(
+    data_dir: &Path,
+    bytes: &[u8],
+    driver: Option<&str>,
+    tenant: Option<&str>,
+) -> anyhow::Result<String> {
+    use anyhow::Context;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let reply = rt.block_on(crate::admin::request_upload(
-        data_dir, &bytes, driver, tenant,
+        data_dir, bytes, driver, tenant,
     ))?;
     let report: serde_json::Value =
         serde_json::from_slice(&reply).context("the server's report is not JSON")?;

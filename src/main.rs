@@ -201,14 +201,29 @@ fn main() -> ExitCode {
         }) => driver_cmd::new(name, path.as_deref(), lintel_src.as_deref()),
         Command::Driver(driver_cmd::DriverCommand::Upload {
             ref file,
+            ref bundled,
             ref driver,
             ref tenant,
         }) => match load_config(&cli) {
             Ok(cfg) => {
-                driver_cmd::upload(&cfg.data_dir, file, driver.as_deref(), tenant.as_deref())
+                let component = match (file, bundled) {
+                    (Some(file), _) => driver_cmd::Component::File(file),
+                    (None, Some(name)) => driver_cmd::Component::Bundled(name),
+                    (None, None) => {
+                        eprintln!("error: give a component file or --bundled NAME");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                driver_cmd::upload(
+                    &cfg.data_dir,
+                    component,
+                    driver.as_deref(),
+                    tenant.as_deref(),
+                )
             }
             Err(code) => code,
         },
+        Command::Driver(driver_cmd::DriverCommand::Catalog) => driver_cmd::catalog(),
         Command::Serve => {
             let cfg = match load_config(&cli) {
                 Ok(c) => c,

@@ -144,7 +144,9 @@ pub async fn serve(
         Arc::new(Engine::new(engine_cfg, store.clone()).context("cannot start the engine")?);
     crate::admin::attach_engine(&engine);
     if cfg.bootstrap.demo {
-        demo::start_simulators(&engine);
+        demo::start_simulators(&engine)
+            .await
+            .context("cannot start the demo building's simulators")?;
     }
     let passwords = PasswordHasher::new(cfg.auth.hash_concurrency);
 

@@ -17,6 +17,12 @@ const DRIVERS: &[(&str, &str)] = &[
         "lintel_driver_demo_occupancy",
     ),
     ("lintel-driver-mqtt-sensor", "lintel_driver_mqtt_sensor"),
+    ("lintel-driver-pjlink", "lintel_driver_pjlink"),
+    ("lintel-driver-samsung-mdc", "lintel_driver_samsung_mdc"),
+    ("lintel-driver-modbus", "lintel_driver_modbus"),
+    ("lintel-driver-caldav", "lintel_driver_caldav"),
+    ("lintel-driver-room-panel", "lintel_driver_room_panel"),
+    ("lintel-driver-bookings", "lintel_driver_bookings"),
 ];
 
 /// Test fixtures, built only with the `fixtures` feature (never shipped in `lintel`).
@@ -48,6 +54,12 @@ fn main() {
         "demo-display",
         "demo-occupancy",
         "mqtt-sensor",
+        "pjlink",
+        "samsung-mdc",
+        "modbus",
+        "caldav",
+        "room-panel",
+        "bookings",
         "fixtures",
     ] {
         println!("cargo:rerun-if-changed={}", drivers_dir.join(dir).display());

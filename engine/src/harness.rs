@@ -265,6 +265,7 @@ impl HarnessBuilder {
         }
         let mut settings = ModuleSettings::split(merged, &info);
         settings.time_zone = self.time_zone;
+        let time_zone = self.time_zone;
 
         let (now, _) = watch::channel(0u64);
         let clock = Arc::new(VirtualClock {
@@ -306,6 +307,7 @@ impl HarnessBuilder {
             _dir: dir,
             clock,
             info,
+            time_zone,
             events: events_tx,
             outbound: out_rx,
             status,
@@ -363,6 +365,7 @@ pub struct Harness {
     _dir: Option<tempfile::TempDir>,
     clock: Arc<VirtualClock>,
     info: Arc<DriverInfo>,
+    time_zone: chrono_tz::Tz,
     events: flume::Sender<Event>,
     outbound: mpsc::Receiver<Outbound>,
     status: Arc<StatusBus>,
@@ -454,6 +457,26 @@ impl Harness {
         let mut pending = self.exec_later(function, args)?;
         self.settle();
         pending.result()
+    }
+
+    /// New settings while the driver runs, as when an operator edits them: merged over
+    /// the driver's defaults as at start, then its `on-update`. `Err` with the driver's
+    /// reason when it refuses them (it keeps running with the old ones).
+    pub fn update_settings(&mut self, settings: Value) -> Result<(), String> {
+        let mut merged = self.info.default_settings.clone();
+        if let (Some(m), Some(o)) = (merged.as_object_mut(), settings.as_object()) {
+            for (k, v) in o {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        let mut settings = ModuleSettings::split(merged, &self.info);
+        settings.time_zone = self.time_zone;
+        let (reply, answer) = oneshot::channel();
+        self.send(Event::Update { settings, reply });
+        self.settle();
+        self.rt
+            .block_on(answer)
+            .map_err(|_| "the driver stopped".to_string())?
     }
 
     /// Start a call whose answer comes later (after device traffic or virtual time).

@@ -444,25 +444,37 @@ impl Engine {
         Ok((c, info))
     }
 
-    /// Start every module marked `running`, in every tenant. Marks the engine ready.
+    /// Start every module marked `running`, in every tenant, logic modules after the
+    /// others. Marks the engine ready.
     pub async fn start_all(&self) -> Result<usize> {
         let mut wanted = Vec::new();
         for tenant in self.store.tenants().await? {
+            let logic: std::collections::HashSet<String> = self
+                .store
+                .list_all::<DriverRecord>(&tenant.id, ListOptions::default())
+                .await?
+                .into_iter()
+                .filter(|d| d.role == DriverRole::Logic)
+                .map(|d| d.id)
+                .collect();
             for module in self
                 .store
                 .list_all::<Module>(&tenant.id, ListOptions::default())
                 .await?
             {
                 if module.running {
-                    wanted.push((tenant.id.clone(), module.id));
+                    let is_logic = logic.contains(&module.driver_id);
+                    wanted.push((is_logic, tenant.id.clone(), module.id));
                 }
             }
         }
+        // Logic modules last (as in PlaceOS): the devices they follow are running by then.
+        wanted.sort_by_key(|(is_logic, _, _)| *is_logic);
         if let Some(warning) = map_count_warning(wanted.len(), read_max_map_count()) {
             tracing::warn!("{warning}");
         }
         let mut started = 0;
-        for (tenant, module) in &wanted {
+        for (_, tenant, module) in &wanted {
             match self.start_module(tenant, module).await {
                 Ok(()) => started += 1,
                 Err(e) => tracing::error!(module = %module, error = %e, "module not started"),

@@ -1,6 +1,10 @@
 //! Real peers for Lintel's tests, started on loopback ports and stopped with the value
 //! that owns them. Dev-only: no Lintel crate depends on this outside its tests and benches.
 
+pub mod modbus;
+pub mod python;
+pub mod radicale;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

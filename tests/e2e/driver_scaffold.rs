@@ -200,5 +200,46 @@ fn upload_a_driver_to_a_running_server() {
     not_wasm.args(["driver", "upload"]).arg(&text);
     let (ok, _, stderr) = run(not_wasm);
     assert!(!ok && stderr.contains("not a WebAssembly file"), "{stderr}");
+
+    // The catalog ships inside the binary: listed, and uploaded by name.
+    let mut catalog = command(&data);
+    catalog.args(["driver", "catalog"]);
+    let (ok, stdout, stderr) = run(catalog);
+    assert!(ok, "{stderr}");
+    for name in [
+        "pjlink",
+        "samsung-mdc",
+        "modbus",
+        "caldav",
+        "room-panel",
+        "bookings",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.ends_with(&format!("docs/drivers/{name}.md"))),
+            "{name} missing: {stdout}"
+        );
+    }
+    let mut bundled = command(&data);
+    bundled.args(["driver", "upload", "--bundled", "modbus"]);
+    let (ok, stdout, stderr) = run(bundled);
+    assert!(ok, "bundled upload failed: {stdout} {stderr}");
+    assert!(
+        stdout.starts_with("created driver ") && stdout.contains(": Modbus TCP Sensor "),
+        "{stdout}"
+    );
+    let mut nope = command(&data);
+    nope.args(["driver", "upload", "--bundled", "nope"]);
+    let (ok, _, stderr) = run(nope);
+    assert!(
+        !ok && stderr.contains("no bundled driver `nope`") && stderr.contains("pjlink"),
+        "{stderr}"
+    );
+    let mut both = command(&data);
+    both.args(["driver", "upload", "--bundled", "modbus"])
+        .arg(&wasm);
+    let (ok, _, _) = run(both);
+    assert!(!ok, "a file and --bundled together are refused");
     drop(server);
 }

@@ -205,8 +205,13 @@ pub fn client() -> reqwest::blocking::Client {
 }
 
 /// Poll `f` until it returns `Some`, for up to 10 s.
-pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(10);
+pub fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_within(Duration::from_secs(10), what, f)
+}
+
+/// [`eventually`] with another deadline.
+pub fn eventually_within<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
     loop {
         if let Some(v) = f() {
             return v;

@@ -50,9 +50,15 @@ fn error_of(r: Response, status: u16, code: &str) -> String {
     v["message"].as_str().unwrap().to_string()
 }
 
+/// The demo's huddle room (one display, `Display_1`).
 fn first_system(l: &Lintel, t: &str) -> String {
     let systems: Vec<Value> = l.get(t, &format!("{V2}/systems")).json().unwrap();
-    systems[0]["id"].as_str().unwrap().to_string()
+    systems
+        .iter()
+        .find(|s| s["name"] == "Room 1.01 Huddle")
+        .and_then(|s| s["id"].as_str())
+        .unwrap_or_else(|| panic!("no huddle room: {systems:?}"))
+        .to_string()
 }
 
 fn display_module(l: &Lintel, t: &str, sys: &str) -> String {
@@ -920,12 +926,24 @@ fn bi_exports_stream_state_and_inventory_with_a_read_only_key() {
             .starts_with("system_id,system_name,module_id,module,driver_id,driver,key,value"),
         "{text}"
     );
-    let displays: Vec<&str> = lines.collect();
+    let rows: Vec<&str> = lines.collect();
+    assert!(
+        rows.iter().all(|l| l.contains(",power,")),
+        "only the key asked for: {text}"
+    );
+    // Every module with a `power` status: the demo displays, the projector, the Samsung
+    // display and the panels.
+    let displays: Vec<&str> = rows
+        .iter()
+        .copied()
+        .filter(|l| l.contains(",Demo Display,power,"))
+        .collect();
     assert_eq!(
         displays.len(),
         2,
-        "two demo rooms, one display each: {text}"
+        "two demo rooms, one demo display each: {text}"
     );
+    assert_eq!(rows.len(), 6, "{text}");
     assert!(
         displays
             .iter()

@@ -73,7 +73,7 @@ fn serve_shows_live_demo_state_obeys_exec_stops_cleanly_and_persists() {
         .unwrap()
         .text()
         .unwrap();
-    assert!(metrics.contains("lintel_modules_running 4"), "{metrics}");
+    assert!(metrics.contains("lintel_modules_running 13"), "{metrics}");
     assert!(metrics.contains("lintel_http_requests_total"), "{metrics}");
 
     // SIGTERM: clean exit 0, after saying so.
@@ -166,4 +166,117 @@ fn version_and_help() {
     for word in ["serve", "version", "config", "--config"] {
         assert!(text.contains(word), "{text}");
     }
+}
+
+/// The demo building runs the catalog drivers against their simulators: each room's
+/// calendar, panel, sensors and displays report, and the room logic ties them together —
+/// check-in, ending a meeting and booking from the room show on the panel's light.
+#[test]
+fn the_demo_building_runs_the_catalog_drivers_and_room_logic() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cmd = command(&data);
+    cmd.env("LINTEL_ADMIN_PASSWORD_FILE", password_file(dir.path()));
+    let l = Lintel::start(cmd);
+    let token = l.token(PASSWORD);
+    let systems: Vec<Value> = l.get(&token, "/api/engine/v2/systems").json().unwrap();
+    let id_of = |name: &str| {
+        systems
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["id"].as_str())
+            .unwrap_or_else(|| panic!("no system {name}: {systems:?}"))
+            .to_string()
+    };
+    let (huddle, board) = (id_of("Room 1.01 Huddle"), id_of("Room 1.02 Boardroom"));
+    let state = |sys: &str, module: &str| -> Value {
+        l.get(&token, &format!("/api/engine/v2/systems/{sys}/{module}"))
+            .json()
+            .unwrap()
+    };
+    // Thirteen modules start at once on a machine shared with other tests: be patient.
+    let wait = |what: &str, sys: &str, module: &str, ok: &dyn Fn(&Value) -> bool| -> Value {
+        eventually_within(Duration::from_secs(30), what, || {
+            let s = state(sys, module);
+            ok(&s).then_some(s)
+        })
+    };
+    let exec = |sys: &str, module: &str, function: &str, args: &str| {
+        let r = l.post(
+            &token,
+            &format!("/api/engine/v2/systems/{sys}/{module}/{function}"),
+            args,
+        );
+        let status = r.status();
+        let body = r.text().unwrap();
+        assert_eq!(status, 200, "{module}.{function}{args}: {body}");
+        body
+    };
+
+    // Devices: the Modbus room sensor, the PJLink projector and the Samsung display.
+    let sensor = wait("Modbus readings", &huddle, "Modbus_1", &|s| {
+        s["temperature"].is_number() && s["co2"].is_number()
+    });
+    assert_eq!(sensor["connected"], json!(true), "{sensor}");
+    wait("the projector", &board, "Projector_1", &|s| {
+        s["connected"] == json!(true) && s["power"] == json!(false)
+    });
+    wait("the Samsung display", &board, "Display_2", &|s| {
+        s["connected"] == json!(true) && s["power"].is_boolean()
+    });
+    exec(&board, "Projector_1", "power", "[true]");
+    wait("the projector to warm up", &board, "Projector_1", &|s| {
+        matches!(s["power_state"].as_str(), Some("warming" | "on"))
+    });
+
+    // The calendar, the panel and the room logic.
+    for sys in [&huddle, &board] {
+        let cal = wait("the demo bookings", sys, "Calendar_1", &|s| {
+            s["bookings"].as_array().is_some_and(|b| !b.is_empty())
+        });
+        assert_eq!(cal["connected"], json!(true), "{cal}");
+        let logic = wait("the room logic", sys, "Bookings_1", &|s| {
+            s["current_booking"].is_object()
+        });
+        let light = match logic["status"].as_str() {
+            Some("pending") => "amber",
+            Some("busy") => "red",
+            other => panic!("a room with a current booking is {other:?}: {logic}"),
+        };
+        wait("the panel's light", sys, "Panel_1", &|s| {
+            s["light"] == light
+        });
+    }
+
+    // Check in, end the meeting, book the room from the panel's side: the light follows.
+    exec(&huddle, "Bookings_1", "check_in", "[]");
+    wait("checked in", &huddle, "Bookings_1", &|s| {
+        s["status"] == "busy" && s["checked_in"] == json!(true)
+    });
+    wait("a red light", &huddle, "Panel_1", &|s| s["light"] == "red");
+    let current = state(&huddle, "Bookings_1")["current_booking"]["id"].clone();
+    exec(&huddle, "Bookings_1", "end_meeting", "[]");
+    wait("free again", &huddle, "Bookings_1", &|s| {
+        s["status"] == "free"
+    });
+    wait("a green light", &huddle, "Panel_1", &|s| {
+        s["light"] == "green"
+    });
+    wait(
+        "the booking gone from the calendar",
+        &huddle,
+        "Calendar_1",
+        &|s| {
+            s["bookings"]
+                .as_array()
+                .is_some_and(|b| b.iter().all(|x| x["id"] != current))
+        },
+    );
+    exec(&huddle, "Bookings_1", "book_now", "[15]");
+    wait("booked from the room", &huddle, "Bookings_1", &|s| {
+        s["status"] == "busy"
+    });
+    wait("red again", &huddle, "Panel_1", &|s| s["light"] == "red");
+    let (status, logs) = l.terminate();
+    assert_eq!(status.code(), Some(0), "{logs:?}");
 }

@@ -10,6 +10,21 @@ pub struct BundledDriver {
     pub component: &'static [u8],
 }
 
+impl BundledDriver {
+    /// The name `lintel driver upload --bundled` takes: the crate name without
+    /// `lintel-driver-` (`pjlink`, `samsung-mdc`, …).
+    pub fn name(&self) -> &'static str {
+        self.crate_name
+            .strip_prefix("lintel-driver-")
+            .unwrap_or(self.crate_name)
+    }
+}
+
+/// The bundled driver called `name` (see [`BundledDriver::name`]).
+pub fn find(name: &str) -> Option<BundledDriver> {
+    ALL.iter().copied().find(|d| d.name() == name)
+}
+
 /// The demo display (line protocol over TCP), see `drivers/demo-display`.
 pub const DEMO_DISPLAY: BundledDriver = BundledDriver {
     crate_name: "lintel-driver-demo-display",
@@ -32,8 +47,54 @@ pub const MQTT_SENSOR: BundledDriver = BundledDriver {
     component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_mqtt_sensor.wasm")),
 };
 
+/// Projectors and displays speaking PJLink class 1 and 2, see `drivers/pjlink`.
+pub const PJLINK: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-pjlink",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_pjlink.wasm")),
+};
+
+/// Samsung displays over MDC, see `drivers/samsung-mdc`.
+pub const SAMSUNG_MDC: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-samsung-mdc",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_samsung_mdc.wasm")),
+};
+
+/// Modbus TCP sensors with a register map in settings, see `drivers/modbus`.
+pub const MODBUS: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-modbus",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_modbus.wasm")),
+};
+
+/// CalDAV room calendars, see `drivers/caldav`.
+pub const CALDAV: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-caldav",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_caldav.wasm")),
+};
+
+/// Room-booking panels over HTTP/JSON, see `drivers/room-panel`.
+pub const ROOM_PANEL: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-room-panel",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_room_panel.wasm")),
+};
+
+/// The room logic (bookings, check-in, auto-release, the panel), see `drivers/bookings`.
+pub const BOOKINGS: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-bookings",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_bookings.wasm")),
+};
+
 /// Every bundled driver.
-pub const ALL: &[BundledDriver] = &[DEMO_DISPLAY, DEMO_OCCUPANCY, MQTT_SENSOR];
+pub const ALL: &[BundledDriver] = &[
+    DEMO_DISPLAY,
+    DEMO_OCCUPANCY,
+    MQTT_SENSOR,
+    PJLINK,
+    SAMSUNG_MDC,
+    MODBUS,
+    CALDAV,
+    ROOM_PANEL,
+    BOOKINGS,
+];
 
 /// Deliberately misbehaving drivers for the sandbox tests (feature `fixtures`).
 #[cfg(feature = "fixtures")]
@@ -91,6 +152,24 @@ mod tests {
                 d.crate_name
             );
         }
+    }
+
+    #[test]
+    fn bundled_drivers_are_found_by_name() {
+        assert_eq!(
+            super::find("pjlink").unwrap().crate_name,
+            "lintel-driver-pjlink"
+        );
+        assert_eq!(
+            super::find("samsung-mdc").unwrap().crate_name,
+            "lintel-driver-samsung-mdc"
+        );
+        assert!(super::find("lintel-driver-pjlink").is_none());
+        assert!(super::find("nope").is_none());
+        let mut names: Vec<_> = super::ALL.iter().map(|d| d.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), super::ALL.len(), "names are unique");
     }
 
     #[cfg(feature = "fixtures")]

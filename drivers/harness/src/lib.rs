@@ -42,6 +42,8 @@
 //! return, and `serde_json`'s [`json!`] and [`Value`]. The guide `docs/driver-guide.md`
 //! in the Lintel repository walks through a driver and its tests.
 
+pub mod live;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -53,6 +55,8 @@ pub use lintel_engine::{
     OutputLimits, SandboxLimits,
 };
 pub use serde_json::{Value, json};
+/// The async runtime [`live`] tests run on (`#[tokio::test]`).
+pub use tokio;
 
 /// The driver crate in the calling crate's directory, built for `wasm32-wasip2` with
 /// [`build_driver`]: the component's bytes. Built once per test process (later calls

@@ -103,3 +103,18 @@ fn settings_are_checked_on_load() {
         "{e}"
     );
 }
+
+#[test]
+fn settings_changed_while_running_go_through_on_update() {
+    let mut h = connected(json!({}));
+    let e = h
+        .update_settings(json!({"poll_every_ms": 1}))
+        .expect_err("refused");
+    assert!(
+        e.contains("on-update refused the settings")
+            && e.contains("poll_every_ms must be 500..=3600000, got 1"),
+        "{e}"
+    );
+    assert_eq!(h.update_settings(json!({"poll_every_ms": 2_000})), Ok(()));
+    assert_eq!(h.error(), None, "the driver keeps running");
+}

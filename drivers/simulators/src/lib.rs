@@ -2,6 +2,12 @@
 //! its driver's real device (see the driver crates' docs) over any byte stream: an
 //! in-process duplex pipe (`connect`) or a TCP listener (`serve_tcp`).
 
+pub mod caldav;
+pub mod modbus;
+pub mod pjlink;
+pub mod room_panel;
+pub mod samsung_mdc;
+
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
