@@ -6,8 +6,12 @@ use crate::bootstrap::{DEMO_CALENDAR_PATH, DEMO_ROOMS, DemoDevice};
 use anyhow::Context;
 use lintel_engine::Engine;
 use lintel_simulators::{
-    DisplaySimulator, OccupancySimulator, caldav::CaldavSimulator, modbus::ModbusSimulator,
-    pjlink::PjlinkSimulator, room_panel::PanelSimulator, samsung_mdc::MdcSimulator,
+    DisplaySimulator, OccupancySimulator,
+    caldav::{CaldavSimulator, event_ics},
+    modbus::ModbusSimulator,
+    pjlink::PjlinkSimulator,
+    room_panel::PanelSimulator,
+    samsung_mdc::MdcSimulator,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,20 +99,6 @@ const TITLES: [&str; 6] = [
     "Interview",
 ];
 
-/// A booking as the calendar stores it.
-fn event(uid: &str, start: i64, end: i64, title: &str) -> String {
-    use lintel_simulators::caldav::utc_stamp;
-    format!(
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Lintel//Demo building//EN\r\n\
-         BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:{}\r\nDTSTART:{}\r\nDTEND:{}\r\n\
-         SUMMARY:{title}\r\nORGANIZER;CN=Demo Organiser:mailto:organiser@demo.example\r\n\
-         END:VEVENT\r\nEND:VCALENDAR\r\n",
-        utc_stamp(start),
-        utc_stamp(start),
-        utc_stamp(end)
-    )
-}
-
 /// Room `room`'s calendar (0-based): bookings around now, so a newcomer sees the states at
 /// once — room 1 has a meeting that started a minute ago with nobody checked in and nobody
 /// there (pending; the room logic releases it ten minutes after its start), room 2 one that
@@ -126,7 +116,13 @@ fn demo_calendar(room: usize) -> CaldavSimulator {
         let uid = format!("demo-{room}-{n}@lintel");
         sim.put(
             &format!("slot-{}.ics", n.rem_euclid(48)),
-            &event(&uid, start, start + 25 * 60, title),
+            &event_ics(
+                &uid,
+                start,
+                start + 25 * 60,
+                title,
+                "ORGANIZER;CN=Demo Organiser:mailto:organiser@demo.example\r\n",
+            ),
         );
     };
     // The current booking, then one an hour from now: free time in between.

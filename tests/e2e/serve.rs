@@ -248,6 +248,17 @@ fn the_demo_building_runs_the_catalog_drivers_and_room_logic() {
         });
     }
 
+    // The room logic started after the devices it drives and waited for the calendars'
+    // first read: no warnings about modules not running or calendars unavailable.
+    let noise: Vec<String> = l
+        .log_lines()
+        .iter()
+        .filter(|v| v["level"] == "WARN")
+        .filter_map(|v| v["message"].as_str().map(String::from))
+        .filter(|m| m.contains("is not running") || m.contains("is unavailable"))
+        .collect();
+    assert!(noise.is_empty(), "{noise:?}");
+
     // Check in, end the meeting, book the room from the panel's side: the light follows.
     exec(&huddle, "Bookings_1", "check_in", "[]");
     wait("checked in", &huddle, "Bookings_1", &|s| {

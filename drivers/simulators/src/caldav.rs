@@ -31,7 +31,6 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 256 * 1024;
@@ -77,6 +76,20 @@ pub fn utc_stamp(unix: i64) -> String {
         secs / 3600,
         secs % 3600 / 60,
         secs % 60
+    )
+}
+
+/// A calendar object holding one event from `start` to `end` (unix seconds, UTC):
+/// `title` is its SUMMARY as written (escape `,`, `;` and backslashes yourself), `extra` more property
+/// lines, each ending in CRLF (`ORGANIZER:…\r\n`).
+pub fn event_ics(uid: &str, start: i64, end: i64, title: &str, extra: &str) -> String {
+    format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Lintel//CalDAV simulator//EN\r\n\
+         BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:{}\r\nDTSTART:{}\r\nDTEND:{}\r\n\
+         SUMMARY:{title}\r\n{extra}END:VEVENT\r\nEND:VCALENDAR\r\n",
+        utc_stamp(start),
+        utc_stamp(start),
+        utc_stamp(end)
     )
 }
 
@@ -220,13 +233,12 @@ impl CaldavSimulator {
             ("dropped", 16 * h, 17 * h, "Retro", "STATUS:CANCELLED\r\n"),
         ];
         for (uid, s, e, title, extra) in day {
-            let ics = format!(
-                "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Lintel//CalDAV simulator//EN\r\n\
-                 BEGIN:VEVENT\r\nUID:{uid}-{day_start}@sim\r\nDTSTAMP:{}\r\nDTSTART:{}\r\nDTEND:{}\r\n\
-                 SUMMARY:{title}\r\n{extra}END:VEVENT\r\nEND:VCALENDAR\r\n",
-                utc_stamp(day_start),
-                utc_stamp(day_start + s),
-                utc_stamp(day_start + e)
+            let ics = event_ics(
+                &format!("{uid}-{day_start}@sim"),
+                day_start + s,
+                day_start + e,
+                title,
+                extra,
             );
             sim.put(&format!("{uid}-{day_start}.ics"), &ics);
         }
@@ -266,15 +278,8 @@ impl CaldavSimulator {
     /// Serve on a new loopback port (`127.0.0.1:0`) until the runtime stops; returns the
     /// address.
     pub async fn serve(&self) -> std::io::Result<SocketAddr> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let sim = self.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(sim.clone().serve_connection(stream));
-            }
-        });
-        Ok(addr)
+        crate::serve_loopback(move |stream| sim.clone().serve_connection(stream)).await
     }
 
     /// Serve one HTTP/1.1 connection.

@@ -29,6 +29,19 @@ where
     }
 }
 
+/// Bind a new loopback port (`127.0.0.1:0`) and accept connections on it with `serve`
+/// until the runtime stops; returns the address.
+pub async fn serve_loopback<F, Fut>(serve: F) -> std::io::Result<std::net::SocketAddr>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve_tcp(listener, serve));
+    Ok(addr)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DisplayState {
     pub power: bool,

@@ -30,7 +30,6 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Button presses the panel remembers (older ones are forgotten).
@@ -217,15 +216,8 @@ impl PanelSimulator {
     /// Serve the API on a new loopback port (`127.0.0.1:0`) until the runtime stops;
     /// returns the address (the module's uri is `http://<addr>`).
     pub async fn serve(&self) -> std::io::Result<SocketAddr> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let sim = self.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(sim.clone().serve_connection(stream));
-            }
-        });
-        Ok(addr)
+        crate::serve_loopback(move |stream| sim.clone().serve_connection(stream)).await
     }
 
     /// Serve one HTTP/1.1 connection until it closes or the panel goes offline.
