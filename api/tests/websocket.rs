@@ -435,10 +435,13 @@ async fn debug_streams_a_modules_log_lines_to_support_and_above() {
     // The backoffice sends the module id as `mod`.
     let id = c.send("debug", &f.system, &f.live, 1, "debug", None).await;
     assert_eq!(c.json().await, json!({"id": id, "type": "success"}));
-    c.send("exec", &f.system, "Misbehave", 1, "flood", Some(json!([3])))
+    let exec = c
+        .send("exec", &f.system, "Misbehave", 1, "flood", Some(json!([3])))
         .await;
+    // The log lines and the exec's reply travel separately: their order is not defined.
     let mut lines = Vec::new();
-    while lines.len() < 3 {
+    let mut replied = false;
+    while lines.len() < 3 || !replied {
         let v = c.json().await;
         if v["type"] == "debug" {
             assert_eq!(
@@ -446,10 +449,15 @@ async fn debug_streams_a_modules_log_lines_to_support_and_above() {
                 (json!(id), json!(f.live), json!("info"))
             );
             lines.push(v["msg"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(
+                (v["id"].clone(), v["type"].clone()),
+                (json!(exec), json!("success"))
+            );
+            replied = true;
         }
     }
     assert_eq!(lines, ["flood line 0", "flood line 1", "flood line 2"]);
-    let _exec_reply = c.json().await;
     c.send("ignore", &f.system, &f.live, 1, "debug", None).await;
     assert_eq!(c.json().await["type"], "success");
     c.send("exec", &f.system, "Misbehave", 1, "flood", Some(json!([2])))
