@@ -55,7 +55,12 @@ pub enum HostEvent {
     MqttMessage(String, Vec<u8>),
 }
 
-/// A module's settings as its driver sees them: public settings and declared secrets.
+/// Settings the engine itself uses to reach a module's device: kept from the driver (out
+/// of its settings, refused by `secret`), whatever its metadata declares.
+pub(crate) const ENGINE_CREDENTIALS: [&str; 4] = ["basic_auth", "bearer_token", "oauth2", "mqtt"];
+
+/// A module's settings as its driver sees them: public settings and declared secrets
+/// (plus the engine's own credentials, which the driver cannot read).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModuleSettings {
     pub public: Value,
@@ -65,13 +70,20 @@ pub struct ModuleSettings {
 }
 
 impl ModuleSettings {
-    /// Split merged settings: the keys `info` declares as secrets leave the public object.
+    /// Split merged settings: the keys `info` declares as secrets leave the public object,
+    /// and so do the engine's own credentials ([`ENGINE_CREDENTIALS`]), which no driver
+    /// reads.
     pub fn split(mut merged: Value, info: &DriverInfo) -> Self {
         let mut secrets = HashMap::new();
         if let Some(o) = merged.as_object_mut() {
-            for k in &info.secrets {
+            for k in info
+                .secrets
+                .iter()
+                .map(String::as_str)
+                .chain(ENGINE_CREDENTIALS)
+            {
                 if let Some(v) = o.remove(k) {
-                    secrets.insert(k.clone(), v);
+                    secrets.insert(k.to_string(), v);
                 }
             }
         }

@@ -551,6 +551,11 @@ impl bindings::lintel::driver::host::Host for ModuleHost {
     }
 
     fn secret(&mut self, key: String) -> Result<Option<String>, String> {
+        if crate::actor::ENGINE_CREDENTIALS.contains(&key.as_str()) {
+            return Err(format!(
+                "`{key}` is the engine's own credential setting: drivers never read it"
+            ));
+        }
         if !self.declared_secrets.contains(&key) {
             return Err(format!(
                 "`{key}` is not a secret this driver declared in its metadata"
@@ -748,6 +753,33 @@ mod tests {
             delay_ms: 0,
             name: None,
         }
+    }
+
+    /// A driver reads its declared secrets, never the engine's credentials, even when it
+    /// declares them.
+    #[test]
+    fn secret_refuses_the_engines_credentials() {
+        let bus = StatusBus::default();
+        let mut h = host(&bus, TransportKind::Http, false);
+        let secrets = Arc::make_mut(&mut h.secrets);
+        let declared = Arc::make_mut(&mut h.declared_secrets);
+        for key in crate::actor::ENGINE_CREDENTIALS {
+            secrets.insert(key.to_string(), serde_json::json!({"password": "s3cret"}));
+            declared.insert(key.to_string());
+        }
+        assert_eq!(h.secret("password".into()), Ok(Some("hunter2".into())));
+        for key in crate::actor::ENGINE_CREDENTIALS {
+            let e = h.secret(key.into()).unwrap_err();
+            assert_eq!(
+                e,
+                format!("`{key}` is the engine's own credential setting: drivers never read it")
+            );
+        }
+        assert!(
+            h.secret("other".into())
+                .unwrap_err()
+                .contains("not a secret")
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod harness;
 mod host;
 mod links;
 mod mqtt;
+mod oauth;
 mod queue;
 mod runtime;
 mod state;
@@ -1446,12 +1447,13 @@ pub struct Ping {
 /// Log lines a module's debug stream holds for a slow reader.
 const DEBUG_LINES: usize = 256;
 
-const TRANSPORT_SETTINGS: [&str; 5] = [
+const TRANSPORT_SETTINGS: [&str; 6] = [
     "tls",
     "makebreak_idle_ms",
     "mqtt",
     "basic_auth",
     "bearer_token",
+    "oauth2",
 ];
 
 fn transport_setting<'a>(settings: &'a ModuleSettings, key: &str) -> Option<&'a Value> {

@@ -48,6 +48,8 @@ pub(crate) struct HttpDevice {
     pub client: reqwest::Client,
     /// The `Authorization` header its settings ask for.
     pub authorization: Option<reqwest::header::HeaderValue>,
+    /// Or the OAuth 2.0 tokens its `oauth2` setting asks for.
+    pub oauth: Option<Arc<crate::oauth::OAuth2>>,
     pub status: ModuleStatus,
     /// Whether the device answered the latest request.
     pub up: Arc<std::sync::atomic::AtomicBool>,
@@ -85,6 +87,29 @@ impl HttpDevice {
                     .map_err(|e| format!("setting `tls`: {e}"))?
             }
         };
+        let oauth = match setting("oauth2") {
+            None => None,
+            Some(_) if setting("basic_auth").is_some() || setting("bearer_token").is_some() => {
+                return Err(
+                    "settings `oauth2`, `basic_auth` and `bearer_token`: give one, not several"
+                        .into(),
+                );
+            }
+            Some(_)
+                if settings.public.get("tls").and_then(|t| t.get("verify"))
+                    == Some(&Value::Bool(false)) =>
+            {
+                return Err("setting `oauth2` cannot go with `tls.verify: false`: the credentials and tokens would go to a server whose certificate is not checked".into());
+            }
+            Some(v) => {
+                crate::oauth::check_secure(&base, "uri")
+                    .map_err(|e| format!("setting `oauth2`: the module {e}"))?;
+                Some(Arc::new(crate::oauth::OAuth2::from_setting(
+                    v,
+                    client.clone(),
+                )?))
+            }
+        };
         let authorization = match (setting("basic_auth"), setting("bearer_token")) {
             (Some(_), Some(_)) => {
                 return Err("settings `basic_auth` and `bearer_token`: give one, not both".into());
@@ -113,6 +138,7 @@ impl HttpDevice {
             base,
             client,
             authorization,
+            oauth,
             status,
             up: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
@@ -396,33 +422,54 @@ async fn http_request(device: &HttpDevice, req: HttpCall) -> Result<HttpAnswer, 
             .map_err(|_| other(format!("header `{k}` has a value a header cannot carry")))?;
         headers.append(name, value);
     }
+    let own_authorization = headers.contains_key(reqwest::header::AUTHORIZATION);
+    // The engine's credentials go to the module's host only: a `Host` of the driver's
+    // choosing could send them to another site behind the same address.
+    if (device.authorization.is_some() || device.oauth.is_some())
+        && !own_authorization
+        && headers.contains_key(reqwest::header::HOST)
+    {
+        return Err(other(
+            "header `Host` cannot be set on a request the engine adds credentials to".into(),
+        ));
+    }
     if let Some(auth) = &device.authorization {
         headers
             .entry(reqwest::header::AUTHORIZATION)
             .or_insert_with(|| auth.clone());
     }
-    let resp = device
-        .client
-        .request(method, url)
-        .timeout(timeout)
-        .headers(headers)
-        .body(req.body)
-        .send()
-        .await
-        .map_err(|e| {
-            if e.is_timeout() {
-                HttpFailure::Unreachable(format!("no answer within {} ms", timeout.as_millis()))
-            } else if e.is_connect() {
-                // Without the URL: its query may carry a device token.
-                HttpFailure::Unreachable(format!(
-                    "cannot reach {}: {}",
-                    base.host_str().unwrap_or_default(),
-                    source_chain(&e)
-                ))
-            } else {
-                HttpFailure::Unreachable(format!("request failed: {}", source_chain(&e)))
+    let oauth = device.oauth.as_ref().filter(|_| !own_authorization);
+    let body = bytes::Bytes::from(req.body);
+    // With OAuth, a 401 gets one more try with a new token (the old one may have been
+    // revoked or expired early); the second answer is the driver's, whatever it is.
+    let mut tries = if oauth.is_some() { 2 } else { 1 };
+    let resp = loop {
+        tries -= 1;
+        let token = match oauth {
+            Some(oauth) => {
+                let token = oauth
+                    .authorization()
+                    .await
+                    .map_err(HttpFailure::Unreachable)?;
+                headers.insert(reqwest::header::AUTHORIZATION, token.clone());
+                Some(token)
             }
-        })?;
+            None => None,
+        };
+        let resp = send(device, &method, &url, timeout, &headers, body.clone()).await?;
+        match (oauth, token) {
+            (Some(oauth), Some(token))
+                if tries > 0
+                    && resp.status() == reqwest::StatusCode::UNAUTHORIZED
+                    && oauth.reject(&token) =>
+            {
+                tracing::debug!(
+                    "the service refused the access token (HTTP 401); getting a new one"
+                );
+            }
+            _ => break resp,
+        }
+    };
     let status = resp.status().as_u16();
     let headers = resp
         .headers()
@@ -438,7 +485,7 @@ async fn http_request(device: &HttpDevice, req: HttpCall) -> Result<HttpAnswer, 
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
-            HttpFailure::Unreachable(format!("reading the response: {}", source_chain(&e)))
+            HttpFailure::Unreachable(format!("reading the response: {}", error_chain(&e)))
         })?;
         if body.len() + chunk.len() > MAX_HTTP_RESPONSE {
             return Err(other(format!(
@@ -454,8 +501,41 @@ async fn http_request(device: &HttpDevice, req: HttpCall) -> Result<HttpAnswer, 
     })
 }
 
+/// One request to the device.
+async fn send(
+    device: &HttpDevice,
+    method: &reqwest::Method,
+    url: &reqwest::Url,
+    timeout: Duration,
+    headers: &reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+) -> Result<reqwest::Response, HttpFailure> {
+    device
+        .client
+        .request(method.clone(), url.clone())
+        .timeout(timeout)
+        .headers(headers.clone())
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                HttpFailure::Unreachable(format!("no answer within {} ms", timeout.as_millis()))
+            } else if e.is_connect() {
+                // Without the URL: its query may carry a device token.
+                HttpFailure::Unreachable(format!(
+                    "cannot reach {}: {}",
+                    device.base.host_str().unwrap_or_default(),
+                    error_chain(&e)
+                ))
+            } else {
+                HttpFailure::Unreachable(format!("request failed: {}", error_chain(&e)))
+            }
+        })
+}
+
 /// An error and its causes, without the URL reqwest puts in its own message.
-fn source_chain(e: &reqwest::Error) -> String {
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     let mut out = Vec::new();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
@@ -814,5 +894,692 @@ mod tests {
             bus.get("mod-http", CONNECTION_ERROR_KEY).as_deref(),
             Some(&Value::Null)
         );
+    }
+}
+
+/// The `oauth2` setting against a real token endpoint and service on loopback ports.
+#[cfg(test)]
+mod oauth_tests {
+    use super::*;
+    use std::collections::HashSet;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    const KEY: &str = include_str!("../tests/data/test-only-rsa-key.pem");
+    const PUBLIC_KEY: &str = include_str!("../tests/data/test-only-rsa-key.pub.pem");
+    const SECRET: &str = "cl1ent-s3cret";
+
+    /// How the test provider behaves; tests change it between requests.
+    #[derive(Default)]
+    struct Provider {
+        /// The next token answers (status, extra header, body); empty: issue a token.
+        token_answers: Vec<(u16, &'static str, String)>,
+        /// `expires_in` of issued tokens.
+        lifetime: u64,
+        /// A refresh token to hand out with each token.
+        rotate_to: Option<String>,
+        /// Tokens the service refuses.
+        revoked: HashSet<String>,
+        /// Refuse every token.
+        refuse_all: bool,
+        issued: usize,
+        /// Form bodies of the token requests.
+        token_requests: Vec<String>,
+        /// `Authorization` of each service request.
+        service_auth: Vec<String>,
+    }
+
+    /// A token endpoint at `/token` and a service at `/api/` on one loopback port.
+    async fn provider(p: Provider) -> (reqwest::Url, Arc<Mutex<Provider>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(Mutex::new(p));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        let body =
+                            String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                        buf.drain(..end + 4 + len);
+                        let (status, extra, answer) = answer(&state, &head, body);
+                        let reply = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if sock.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (reqwest::Url::parse(&base).unwrap(), state)
+    }
+
+    fn answer(state: &Mutex<Provider>, head: &str, body: String) -> (u16, String, String) {
+        let mut p = state.lock();
+        if head.starts_with("post /token") {
+            p.token_requests.push(body);
+            if !p.token_answers.is_empty() {
+                let (status, extra, body) = p.token_answers.remove(0);
+                return (status, extra.to_string(), body);
+            }
+            p.issued += 1;
+            let mut token = serde_json::json!({
+                "access_token": format!("tok-{}", p.issued),
+                "token_type": "Bearer",
+                "expires_in": p.lifetime,
+            });
+            if let Some(r) = &p.rotate_to {
+                token["refresh_token"] = Value::String(format!("{r}-{}", p.issued));
+            }
+            return (200, String::new(), token.to_string());
+        }
+        let auth = head
+            .lines()
+            .find_map(|l| l.strip_prefix("authorization: bearer "))
+            .unwrap_or_default()
+            .to_string();
+        p.service_auth.push(auth.clone());
+        if auth.is_empty() || p.refuse_all || p.revoked.contains(&auth) {
+            return (
+                401,
+                String::new(),
+                r#"{"error":{"code":"InvalidAuthenticationToken"}}"#.into(),
+            );
+        }
+        (200, String::new(), r#"{"value":[]}"#.into())
+    }
+
+    fn client_credentials(base: &reqwest::Url) -> Value {
+        serde_json::json!({"oauth2": {
+            "grant": "client_credentials",
+            "token_url": format!("{base}token"),
+            "client_id": "lintel",
+            "client_secret": SECRET,
+            "scope": "https://graph.example/.default",
+        }})
+    }
+
+    fn device(base: &reqwest::Url, settings: Value) -> Result<HttpDevice, String> {
+        let settings = crate::actor::ModuleSettings {
+            public: settings,
+            ..Default::default()
+        };
+        let bus = crate::StatusBus::default();
+        HttpDevice::new(
+            &format!("{base}api/"),
+            &settings,
+            &http_client_builder().build().unwrap(),
+            bus.module("mod-oauth"),
+        )
+    }
+
+    fn get() -> HttpCall {
+        HttpCall {
+            method: "GET".into(),
+            path: "/events".into(),
+            headers: vec![],
+            body: vec![],
+            timeout_ms: 0,
+        }
+    }
+
+    fn form(body: &str) -> HashMap<String, String> {
+        body.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| {
+                let decode = |s: &str| percent_decode(&s.replace('+', " "));
+                (decode(k), decode(v))
+            })
+            .collect()
+    }
+
+    fn percent_decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// Client credentials: one token request serves many requests; every request carries
+    /// the token; the form is RFC 6749 §4.4's.
+    #[tokio::test]
+    async fn a_client_credentials_token_is_fetched_once_and_sent_with_every_request() {
+        let (base, p) = provider(Provider {
+            lifetime: 3600,
+            ..Default::default()
+        })
+        .await;
+        let dev = device(&base, client_credentials(&base)).unwrap();
+        for _ in 0..3 {
+            let a = http_request(&dev, get()).await.unwrap();
+            assert_eq!(a.status, 200);
+        }
+        let p = p.lock();
+        assert_eq!(p.service_auth, ["tok-1", "tok-1", "tok-1"]);
+        assert_eq!(p.token_requests.len(), 1);
+        let f = form(&p.token_requests[0]);
+        assert_eq!(f["grant_type"], "client_credentials");
+        assert_eq!(f["client_id"], "lintel");
+        assert_eq!(f["client_secret"], SECRET);
+        assert_eq!(f["scope"], "https://graph.example/.default");
+    }
+
+    /// A token is renewed before it expires (inside the last quarter of its life, at most
+    /// the last 5 min); a refused renewal keeps using the old token until it expires, and
+    /// then requests fail with the reason, without asking the endpoint again during its
+    /// pause.
+    #[tokio::test]
+    async fn tokens_are_renewed_before_expiry_and_a_failed_renewal_keeps_the_old_one() {
+        let (base, p) = provider(Provider {
+            lifetime: 3600,
+            ..Default::default()
+        })
+        .await;
+        let dev = device(&base, client_credentials(&base)).unwrap();
+        let oauth = dev.oauth.clone().unwrap();
+        http_request(&dev, get()).await.unwrap();
+        // A 3600 s token is renewed once it is 3300 s old, not before.
+        oauth.age(Duration::from_secs(3299));
+        http_request(&dev, get()).await.unwrap();
+        assert_eq!(p.lock().token_requests.len(), 1, "renewed too early");
+        oauth.age(Duration::from_secs(2));
+        http_request(&dev, get()).await.unwrap();
+        assert_eq!(p.lock().token_requests.len(), 2);
+        assert_eq!(p.lock().service_auth.last().unwrap(), "tok-2");
+
+        // The endpoint is down when tok-2 needs renewing: tok-2 is still used.
+        p.lock()
+            .token_answers
+            .push((503, "Retry-After: 120\r\n", "{}".into()));
+        oauth.age(Duration::from_secs(3400));
+        let a = http_request(&dev, get()).await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(p.lock().service_auth.last().unwrap(), "tok-2");
+        assert_eq!(p.lock().token_requests.len(), 3);
+        // Expired, and the endpoint's Retry-After (120 s) has not passed: no request.
+        oauth.age(Duration::from_secs(300));
+        let e = http_request(&dev, get()).await.unwrap_err();
+        match e {
+            HttpFailure::Unreachable(why) => {
+                assert!(
+                    why == "oauth2: the token endpoint failed (HTTP 503); next try in 120 s"
+                        || why == "oauth2: the token endpoint failed (HTTP 503); next try in 119 s",
+                    "{why}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.lock().token_requests.len(), 3, "asked during the pause");
+    }
+
+    /// A 401 from the service drops the token: a new one is fetched and the request sent
+    /// once more; a service that refuses every token gets exactly two tries, and its 401
+    /// reaches the driver.
+    #[tokio::test]
+    async fn a_401_gets_a_new_token_and_one_more_try() {
+        let (base, p) = provider(Provider {
+            lifetime: 3600,
+            ..Default::default()
+        })
+        .await;
+        let dev = device(&base, client_credentials(&base)).unwrap();
+        http_request(&dev, get()).await.unwrap();
+        p.lock().revoked.insert("tok-1".into());
+        let a = http_request(&dev, get()).await.unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(p.lock().service_auth, ["tok-1", "tok-1", "tok-2"]);
+
+        // A service refusing every token (a wrong scope or audience): a 401 drops the token
+        // at most once a minute, so requests do not become token requests.
+        p.lock().refuse_all = true;
+        for _ in 0..3 {
+            let a = http_request(&dev, get()).await.unwrap();
+            assert_eq!(a.status, 401);
+        }
+        assert_eq!(&p.lock().service_auth[3..], ["tok-2", "tok-2", "tok-2"]);
+        assert_eq!(p.lock().token_requests.len(), 2);
+        // A minute later one more renewal is tried.
+        dev.oauth
+            .as_ref()
+            .unwrap()
+            .age_forced(Duration::from_secs(61));
+        let a = http_request(&dev, get()).await.unwrap();
+        assert_eq!(a.status, 401);
+        assert_eq!(&p.lock().service_auth[6..], ["tok-2", "tok-3"]);
+        assert_eq!(p.lock().token_requests.len(), 3);
+
+        // A request with its own Authorization is the driver's business: no token, no retry.
+        let mut own = get();
+        own.headers
+            .push(("Authorization".into(), "Bearer mine".into()));
+        let a = http_request(&dev, own).await.unwrap();
+        assert_eq!(a.status, 401);
+        assert_eq!(p.lock().service_auth.last().unwrap(), "mine");
+        assert_eq!(p.lock().service_auth.len(), 9);
+        // Nor may it choose the `Host` the engine's token goes to.
+        let mut host = get();
+        host.headers.push(("Host".into(), "other.example".into()));
+        match http_request(&dev, host).await {
+            Err(HttpFailure::Other(why)) => assert!(why.contains("header `Host`"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.lock().service_auth.len(), 9);
+    }
+
+    /// Refusals name the OAuth error and what to check, never a credential (even one the
+    /// endpoint echoes), and pause token requests for 60 s; a busy endpoint's
+    /// `Retry-After` is honoured; malformed answers are clear errors.
+    #[tokio::test]
+    async fn token_endpoint_failures_are_clear_paused_and_secret_free() {
+        let (base, p) = provider(Provider {
+            lifetime: 3600,
+            ..Default::default()
+        })
+        .await;
+        let fails = |answers: Vec<(u16, &'static str, String)>| {
+            let p = p.clone();
+            let base = base.clone();
+            async move {
+                p.lock().token_answers = answers;
+                let dev = device(&base, client_credentials(&base)).unwrap();
+                let before = p.lock().token_requests.len();
+                let first = match http_request(&dev, get()).await {
+                    Err(HttpFailure::Unreachable(why)) => why,
+                    other => panic!("{other:?}"),
+                };
+                let second = match http_request(&dev, get()).await {
+                    Err(HttpFailure::Unreachable(why)) => why,
+                    other => panic!("{other:?}"),
+                };
+                assert_eq!(p.lock().token_requests.len(), before + 1, "{first}");
+                assert!(
+                    !first.contains(SECRET) && !second.contains(SECRET),
+                    "{first}"
+                );
+                (first, second)
+            }
+        };
+        let (first, second) = fails(vec![(
+            401,
+            "",
+            serde_json::json!({"error": "invalid_client",
+                "error_description": format!("AADSTS7000215: Invalid client secret {SECRET} provided.\r\nTrace ID: 1")})
+            .to_string(),
+        )])
+        .await;
+        assert!(
+            first.starts_with("oauth2: the token endpoint refused the request (invalid_client: AADSTS7000215: Invalid client secret [redacted] provided.  Trace ID: 1); check oauth2.client_id and oauth2.client_secret; next try in 60 s"),
+            "{first}"
+        );
+        assert!(
+            second.contains("invalid_client") && second.contains("next try in"),
+            "{second}"
+        );
+
+        // A refusal pauses 60 s whatever `Retry-After` says, and a secret the endpoint
+        // echoes is removed before the text is cut (no part of it survives the cut).
+        let (first, _) = fails(vec![(
+            400,
+            "Retry-After: 0\r\n",
+            serde_json::json!({"error": "invalid_request",
+                "error_description": format!("{}{SECRET}", "x".repeat(295))})
+            .to_string(),
+        )])
+        .await;
+        assert!(first.ends_with("; next try in 60 s"), "{first}");
+        assert!(!first.contains("cl1ent"), "{first}");
+        // A busy endpoint saying `Retry-After: 0` still waits the back-off.
+        let (first, _) = fails(vec![(503, "Retry-After: 0\r\n", "{}".into())]).await;
+        assert_eq!(
+            first,
+            "oauth2: the token endpoint failed (HTTP 503); next try in 5 s"
+        );
+        let (first, _) = fails(vec![(429, "Retry-After: 30\r\n", "{}".into())]).await;
+        assert_eq!(
+            first,
+            "oauth2: the token endpoint is busy (HTTP 429); next try in 30 s"
+        );
+        let (first, _) = fails(vec![(200, "", "<html>".into())]).await;
+        assert_eq!(
+            first,
+            "oauth2: the token endpoint's answer is not JSON; next try in 5 s"
+        );
+        let (first, _) = fails(vec![(
+            200,
+            "",
+            r#"{"access_token":"x","token_type":"mac"}"#.into(),
+        )])
+        .await;
+        assert!(first.contains("is not a bearer token"), "{first}");
+        let (first, _) = fails(vec![(403, "", "Forbidden".into())]).await;
+        assert!(
+            first
+                .starts_with("oauth2: the token endpoint answered HTTP 403 without an OAuth error"),
+            "{first}"
+        );
+
+        // Nothing listens at the token URL.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = closed.local_addr().unwrap();
+        drop(closed);
+        let mut settings = client_credentials(&base);
+        settings["oauth2"]["token_url"] = Value::String(format!("http://{gone}/token"));
+        let dev = device(&base, settings).unwrap();
+        match http_request(&dev, get()).await {
+            Err(HttpFailure::Unreachable(why)) => assert!(
+                why.starts_with("oauth2: cannot reach the token endpoint 127.0.0.1"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Lifetimes are bounded: `expires_in` 0 keeps a token a minute (not one token request
+    /// per request); a huge one (as a number or a string) neither panics nor is believed.
+    #[tokio::test]
+    async fn token_lifetimes_are_bounded() {
+        for (expires_in, kept_for) in [
+            (Value::from(0), 60),
+            (Value::from(u64::MAX), 86_400),
+            (Value::from("18446744073709551615"), 86_400),
+        ] {
+            let (base, p) = provider(Provider::default()).await;
+            let body = serde_json::json!({"access_token": "t", "token_type": "Bearer",
+                "expires_in": expires_in})
+            .to_string();
+            p.lock().token_answers.push((200, "", body));
+            let dev = device(&base, client_credentials(&base)).unwrap();
+            let oauth = dev.oauth.clone().unwrap();
+            for _ in 0..3 {
+                assert_eq!(http_request(&dev, get()).await.unwrap().status, 200);
+            }
+            assert_eq!(p.lock().token_requests.len(), 1, "{expires_in}");
+            // Renewed in the last quarter of the kept lifetime (at most its last 5 min), not
+            // before.
+            let renew_after = kept_for - (kept_for / 4).min(300);
+            oauth.age(Duration::from_secs(renew_after - 5));
+            http_request(&dev, get()).await.unwrap();
+            assert_eq!(p.lock().token_requests.len(), 1, "{expires_in}");
+            oauth.age(Duration::from_secs(10));
+            http_request(&dev, get()).await.unwrap();
+            assert_eq!(p.lock().token_requests.len(), 2, "{expires_in}");
+        }
+    }
+
+    /// Delegated access: the refresh token is sent, and a rotated one replaces it.
+    #[tokio::test]
+    async fn the_refresh_token_grant_follows_rotation() {
+        let (base, p) = provider(Provider {
+            lifetime: 3600,
+            rotate_to: Some("r".into()),
+            ..Default::default()
+        })
+        .await;
+        let settings = serde_json::json!({"oauth2": {
+            "grant": "refresh_token",
+            "token_url": format!("{base}token"),
+            "client_id": "lintel",
+            "client_secret": SECRET,
+            "refresh_token": "r-0",
+        }});
+        let dev = device(&base, settings).unwrap();
+        http_request(&dev, get()).await.unwrap();
+        p.lock().revoked.insert("tok-1".into());
+        http_request(&dev, get()).await.unwrap();
+        let p = p.lock();
+        let sent: Vec<String> = p
+            .token_requests
+            .iter()
+            .map(|b| form(b)["refresh_token"].clone())
+            .collect();
+        assert_eq!(sent, ["r-0", "r-1"]);
+        let f = form(&p.token_requests[0]);
+        assert_eq!(f["grant_type"], "refresh_token");
+        assert!(!f.contains_key("scope"));
+        assert_eq!(p.service_auth, ["tok-1", "tok-1", "tok-2"]);
+    }
+
+    /// A Google-style service account signs an RS256 assertion (RFC 7523) for its scope
+    /// and subject; the endpoint verifies it with the public key.
+    #[tokio::test]
+    async fn a_service_account_signs_a_jwt_bearer_assertion() {
+        let (base, p) = provider(Provider {
+            lifetime: 3600,
+            ..Default::default()
+        })
+        .await;
+        let settings = serde_json::json!({"oauth2": {
+            "grant": "jwt_bearer",
+            "scope": "https://www.googleapis.com/auth/calendar",
+            "subject": "admin@example.com",
+            "service_account": {
+                "type": "service_account",
+                "client_email": "lintel@project.iam.gserviceaccount.com",
+                "private_key_id": "k1",
+                "private_key": KEY,
+                "token_uri": format!("{base}token"),
+            },
+        }});
+        let dev = device(&base, settings).unwrap();
+        assert_eq!(http_request(&dev, get()).await.unwrap().status, 200);
+        let f = form(&p.lock().token_requests[0]);
+        assert_eq!(
+            f["grant_type"],
+            "urn:ietf:params:oauth:grant-type:jwt-bearer"
+        );
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(PUBLIC_KEY.as_bytes()).unwrap();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.set_audience(&[format!("{base}token")]);
+        v.set_issuer(&["lintel@project.iam.gserviceaccount.com"]);
+        let claims = jsonwebtoken::decode::<Value>(&f["assertion"], &key, &v)
+            .expect("a valid assertion")
+            .claims;
+        assert_eq!(claims["scope"], "https://www.googleapis.com/auth/calendar");
+        assert_eq!(claims["sub"], "admin@example.com");
+        let life = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
+        assert_eq!(life, 3600);
+        let header = jsonwebtoken::decode_header(&f["assertion"]).unwrap();
+        assert_eq!(header.kid.as_deref(), Some("k1"));
+        assert!(!f.contains_key("client_secret"));
+    }
+
+    /// Bad `oauth2` settings stop the module with an error naming the key, never a value;
+    /// tokens never travel in clear over a network.
+    #[tokio::test]
+    async fn bad_oauth2_settings_name_the_key() {
+        let base = reqwest::Url::parse("http://127.0.0.1:9/").unwrap();
+        let ok = client_credentials(&base);
+        let with = |path: &[&str], v: Value| {
+            let mut s = ok.clone();
+            let mut at = &mut s["oauth2"];
+            for k in &path[..path.len() - 1] {
+                at = &mut at[*k];
+            }
+            match v {
+                Value::Null => {
+                    at.as_object_mut().unwrap().remove(path[path.len() - 1]);
+                }
+                v => at[path[path.len() - 1]] = v,
+            }
+            s
+        };
+        for (settings, why) in [
+            (
+                with(&["client_secret"], Value::Null),
+                "`oauth2.client_secret` is required",
+            ),
+            (
+                with(&["client_id"], Value::from(7)),
+                "`oauth2.client_id` must be a non-empty string",
+            ),
+            (
+                with(&["grant"], Value::from("password")),
+                "`oauth2.grant` `password` is not one of",
+            ),
+            (
+                with(&["tenant"], Value::from("x")),
+                "`oauth2.tenant` is not known",
+            ),
+            (
+                with(&["token_url"], Value::from("http://login.example/token")),
+                "`oauth2.token_url` must be https://",
+            ),
+            (
+                with(&["token_url"], Value::from("not a url")),
+                "`oauth2.token_url`",
+            ),
+            (
+                serde_json::json!({"oauth2": {"grant": "jwt_bearer", "scope": "s",
+                    "service_account": {"client_email": "a@b", "private_key": format!("-----BEGIN PRIVATE KEY-----\n{SECRET}\n-----END PRIVATE KEY-----")}}}),
+                "`oauth2.service_account.private_key` is not an RSA private key",
+            ),
+            (
+                serde_json::json!({"oauth2": {"grant": "jwt_bearer", "service_account": {"client_email": "a@b", "private_key": KEY, "token_uri": "https://t.example/"}}}),
+                "`oauth2.scope` is required",
+            ),
+            (
+                serde_json::json!({"oauth2": {"grant": "refresh_token", "token_url": "https://t.example/", "client_id": "c"}}),
+                "`oauth2.refresh_token` is required",
+            ),
+            (
+                serde_json::json!({"oauth2": "token"}),
+                "`oauth2` must be an object",
+            ),
+            (
+                with(&["subject"], Value::from("a@b")),
+                "`oauth2.subject` does not belong to grant client_credentials",
+            ),
+            (
+                serde_json::json!({"oauth2": {"grant": "jwt_bearer", "scope": "s", "client_secret": SECRET,
+                    "service_account": {"client_email": "a@b", "private_key": KEY, "token_uri": "https://t.example/"}}}),
+                "`oauth2.client_secret` does not belong to grant jwt_bearer",
+            ),
+            (
+                serde_json::json!({"oauth2": {"grant": "jwt_bearer", "scope": "s", "service_account": "{not json"}}),
+                "`oauth2.service_account` must be the service account's JSON key",
+            ),
+        ] {
+            let e = device(&base, settings.clone()).err().unwrap();
+            assert!(e.contains(why), "{settings}: {e}");
+            assert!(!e.contains(SECRET), "{e}");
+        }
+        let mut both = ok.clone();
+        both["bearer_token"] = Value::from("t");
+        assert!(
+            device(&base, both)
+                .err()
+                .unwrap()
+                .contains("give one, not several")
+        );
+        // Credentials never go to a server whose certificate is not checked.
+        let mut unchecked = ok.clone();
+        unchecked["tls"] = serde_json::json!({"verify": false});
+        assert!(
+            device(&base, unchecked)
+                .err()
+                .unwrap()
+                .contains("cannot go with `tls.verify: false`")
+        );
+        // A service account key pasted as text works like the object, and values are
+        // trimmed.
+        let pasted = serde_json::json!({"oauth2": {"grant": "jwt_bearer", "scope": " s \n",
+            "service_account": serde_json::json!({"client_email": "a@b", "private_key": KEY,
+                "token_uri": "https://t.example/"}).to_string()}});
+        assert!(device(&base, pasted).is_ok());
+        // The service itself must be https:// (or on this machine).
+        let settings = crate::actor::ModuleSettings {
+            public: ok,
+            ..Default::default()
+        };
+        let e = HttpDevice::new(
+            "http://graph.example/",
+            &settings,
+            &http_client_builder().build().unwrap(),
+            crate::StatusBus::default().module("m"),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            e,
+            "setting `oauth2`: the module `uri` must be https:// (plain http:// only to a loopback address)"
+        );
+    }
+
+    /// Concurrent requests share one token request.
+    #[tokio::test]
+    async fn concurrent_requests_share_one_token_request() {
+        let (base, p) = provider(Provider {
+            lifetime: 3600,
+            ..Default::default()
+        })
+        .await;
+        let dev = device(&base, client_credentials(&base)).unwrap();
+        let all: Vec<_> = (0..8)
+            .map(|_| {
+                let dev = dev.clone();
+                tokio::spawn(async move { http_request(&dev, get()).await.unwrap().status })
+            })
+            .collect();
+        for t in all {
+            assert_eq!(t.await.unwrap(), 200);
+        }
+        assert_eq!(p.lock().token_requests.len(), 1);
+    }
+
+    /// The engine's credentials never reach the driver's settings.
+    #[test]
+    fn engine_credentials_are_kept_from_the_driver() {
+        let info = crate::runtime::DriverInfo {
+            name: "calendar".into(),
+            module_name: "Calendar".into(),
+            description: String::new(),
+            version: "1".into(),
+            abi: crate::DRIVER_ABI.into(),
+            transport: crate::runtime::TransportKind::Http,
+            framing: crate::transport::Framing::Raw,
+            default_settings: Value::Null,
+            settings_schema: Value::Null,
+            // A driver declaring one of them a secret still does not get it.
+            secrets: vec!["oauth2".into()],
+            functions: vec![],
+        };
+        let s = crate::actor::ModuleSettings::split(
+            serde_json::json!({"oauth2": {"client_secret": SECRET}, "basic_auth": {}, "bearer_token": "t", "mailbox": "room@x"}),
+            &info,
+        );
+        assert_eq!(s.public, serde_json::json!({"mailbox": "room@x"}));
+        assert_eq!(s.secrets.len(), 3);
     }
 }
