@@ -1,6 +1,7 @@
 //! Real peers for Lintel's tests, started on loopback ports and stopped with the value
 //! that owns them. Dev-only: no Lintel crate depends on this outside its tests and benches.
 
+pub mod bacnet;
 pub mod modbus;
 pub mod python;
 pub mod radicale;

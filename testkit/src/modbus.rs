@@ -14,6 +14,7 @@
 //! [`tokio::task::block_in_place`], so the runtime's other tasks (the engine under test)
 //! keep their worker threads.
 
+use crate::python::blocking;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -87,19 +88,6 @@ async def main(port):
 
 asyncio.run(main(int(sys.argv[1])))
 "#;
-
-/// Run blocking work without tying up an async worker: through `block_in_place` inside a
-/// multi-thread tokio runtime (which hands this worker's tasks to another thread), directly
-/// elsewhere (no runtime, or a current-thread one, where `block_in_place` is not allowed).
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
-}
 
 /// A Modbus data table of the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,14 +230,7 @@ impl Pymodbus {
     }
 
     fn signal(&self, signal: &str) {
-        let status = blocking(|| {
-            Command::new("kill")
-                .arg(format!("-{signal}"))
-                .arg(self.child.id().to_string())
-                .status()
-        })
-        .expect("running kill");
-        assert!(status.success(), "kill -{signal} failed");
+        crate::python::signal(&self.child, signal);
     }
 
     /// Freeze the server (SIGSTOP): its connections stay open but nothing is answered.

@@ -210,7 +210,10 @@ fn upload_a_driver_to_a_running_server() {
         "pjlink",
         "samsung-mdc",
         "modbus",
+        "bacnet",
         "caldav",
+        "msgraph",
+        "google-calendar",
         "room-panel",
         "bookings",
     ] {

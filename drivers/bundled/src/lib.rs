@@ -65,10 +65,32 @@ pub const MODBUS: BundledDriver = BundledDriver {
     component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_modbus.wasm")),
 };
 
+/// BACnet/IP sensors (present-value reads), see `drivers/bacnet`.
+pub const BACNET: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-bacnet",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_bacnet.wasm")),
+};
+
 /// CalDAV room calendars, see `drivers/caldav`.
 pub const CALDAV: BundledDriver = BundledDriver {
     crate_name: "lintel-driver-caldav",
     component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_caldav.wasm")),
+};
+
+/// Microsoft 365 room calendars over Microsoft Graph, see `drivers/msgraph`.
+pub const MSGRAPH: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-msgraph",
+    component: include_bytes!(concat!(env!("OUT_DIR"), "/lintel_driver_msgraph.wasm")),
+};
+
+/// Google Workspace room calendars over the Google Calendar API, see
+/// `drivers/google-calendar`.
+pub const GOOGLE_CALENDAR: BundledDriver = BundledDriver {
+    crate_name: "lintel-driver-google-calendar",
+    component: include_bytes!(concat!(
+        env!("OUT_DIR"),
+        "/lintel_driver_google_calendar.wasm"
+    )),
 };
 
 /// Room-booking panels over HTTP/JSON, see `drivers/room-panel`.
@@ -91,7 +113,10 @@ pub const ALL: &[BundledDriver] = &[
     PJLINK,
     SAMSUNG_MDC,
     MODBUS,
+    BACNET,
     CALDAV,
+    MSGRAPH,
+    GOOGLE_CALENDAR,
     ROOM_PANEL,
     BOOKINGS,
 ];

@@ -354,13 +354,7 @@ pub fn duration(v: &str) -> Option<i64> {
     (any && n.is_none()).then_some(sign * total)
 }
 
-/// `v` without a leading `mailto:` (any case). Never splits a character.
-pub fn strip_mailto(v: &str) -> &str {
-    match v.get(..7) {
-        Some(head) if head.eq_ignore_ascii_case("mailto:") => &v[7..],
-        _ => v,
-    }
-}
+pub use lintel_calendar_kit::strip_mailto;
 
 /// The booking id of one occurrence: `<uid>#<YYYYMMDDTHHMMSSZ>` (its RECURRENCE-ID in UTC).
 pub fn occurrence_id(uid: &str, recurrence_id: i64) -> String {

@@ -16,28 +16,21 @@ use chrono_tz::Tz;
 use lintel_driver_sdk::prelude::*;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+pub use lintel_calendar_kit::{
+    Booking, BookingId, DEFAULT_429_WAIT_SECS, Email, MAX_BOOKINGS_STATUS_BYTES, MAX_IN_FLIGHT,
+    MAX_LISTED, MAX_RANGE_SECS, MAX_RETRY_AFTER_SECS, MAX_UNIX, Period, Reason, Title, UnixTime,
+    retry_after,
+};
+use lintel_calendar_kit::{ErrorReport, RetryWait, check_range, now_ms, now_s, segment};
+
 /// Polling timer.
 const POLL_TIMER: u32 = 1;
 /// One-shot timer: sync again after a server's `Retry-After` (or a refused first sync).
 const RETRY_TIMER: u32 = 2;
 /// Delay of the first read after loading, in milliseconds.
 pub const FIRST_SYNC_MS: u64 = 10;
-/// HTTP requests in flight at once; more function calls are refused.
-pub const MAX_IN_FLIGHT: usize = 16;
-/// Bytes of JSON the `bookings` status may hold (the engine's cap is 64 KiB).
-pub const MAX_BOOKINGS_STATUS_BYTES: usize = 60_000;
-/// Bookings a `list_bookings` answer holds at most.
-pub const MAX_LISTED: usize = 2_000;
-/// The widest range a function may ask about (366 days).
-pub const MAX_RANGE_SECS: i64 = 366 * 86_400;
-/// A `Retry-After` is obeyed up to this many seconds.
-pub const MAX_RETRY_AFTER_SECS: u64 = 3_600;
-/// Wait after a 429 without `Retry-After`.
-pub const DEFAULT_429_WAIT_SECS: u64 = 60;
 /// Bodies above this are not parsed (the engine refuses answers over 4 MiB anyway).
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// The latest time accepted (9999-12-31T23:59:59Z).
-const MAX_UNIX: i64 = 253_402_300_799;
 /// Entries of the UID → calendar object map (rebuilt from each full sync).
 pub const MAX_KNOWN: usize = 4_000;
 /// The driver's own recent PUTs kept in that map across syncs.
@@ -78,55 +71,6 @@ impl Default for Settings {
     }
 }
 
-/// A time: unix seconds (UTC).
-#[derive(Deserialize, JsonSchema, Clone, Copy)]
-#[serde(crate = "lintel_driver_sdk::serde")]
-pub struct UnixTime(#[schemars(range(min = 0, max = 253_402_300_799i64))] pub i64);
-
-/// A booking title (1 to 255 characters).
-#[derive(Deserialize, JsonSchema)]
-#[serde(crate = "lintel_driver_sdk::serde")]
-pub struct Title(#[schemars(length(min = 1, max = 255))] pub String);
-
-/// An e-mail address (`mailto:` optional).
-#[derive(Deserialize, JsonSchema)]
-#[serde(crate = "lintel_driver_sdk::serde")]
-pub struct Email(#[schemars(length(min = 3, max = 254))] pub String);
-
-/// A booking id: the event's UID, or `<UID>#<YYYYMMDDTHHMMSSZ>` for one occurrence of a
-/// recurring series (as in the `bookings` status).
-#[derive(Deserialize, JsonSchema)]
-#[serde(crate = "lintel_driver_sdk::serde")]
-pub struct BookingId(#[schemars(length(min = 1, max = 255))] pub String);
-
-/// Why a booking is cancelled (logged, at most 500 characters).
-#[derive(Deserialize, JsonSchema)]
-#[serde(crate = "lintel_driver_sdk::serde")]
-pub struct Reason(#[schemars(length(max = 500))] pub String);
-
-/// A booking: the catalog's shared shape.
-#[derive(Serialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
-#[serde(crate = "lintel_driver_sdk::serde")]
-pub struct Booking {
-    /// The event's UID; for one occurrence of a recurring series
-    /// `<UID>#<RECURRENCE-ID in UTC as YYYYMMDDTHHMMSSZ>`.
-    pub id: String,
-    /// Its SUMMARY.
-    pub title: String,
-    /// Unix seconds.
-    pub start: i64,
-    /// Unix seconds (exclusive).
-    pub end: i64,
-    /// The organizer's address (without `mailto:`), if any.
-    pub organizer: Option<String>,
-    /// The attendees' addresses.
-    pub attendees: Vec<String>,
-    /// An all-day event (DATE values).
-    pub all_day: bool,
-    /// CLASS:PRIVATE or CONFIDENTIAL.
-    pub private: bool,
-}
-
 impl From<&ical::Event> for Booking {
     fn from(e: &ical::Event) -> Self {
         Booking {
@@ -140,16 +84,6 @@ impl From<&ical::Event> for Booking {
             private: e.private,
         }
     }
-}
-
-/// A busy period.
-#[derive(Serialize, JsonSchema, Clone, Debug, PartialEq, Eq)]
-#[serde(crate = "lintel_driver_sdk::serde")]
-pub struct Period {
-    /// Unix seconds.
-    pub start: i64,
-    /// Unix seconds (exclusive).
-    pub end: i64,
 }
 
 /// What a query's events are for.
@@ -265,9 +199,9 @@ pub struct CalDav {
     /// A sync is in flight.
     syncing: bool,
     /// No requests before this unix ms (a server's `Retry-After`), and why.
-    backoff: Option<(u64, String)>,
+    backoff: RetryWait,
     /// The latest `last_error` published.
-    last_error: Option<String>,
+    last_error: ErrorReport,
     /// Calendar objects by UID, from REPORT answers (rebuilt from each full sync).
     known: HashMap<String, Known>,
     /// The driver's own recent PUTs, kept in `known` across syncs.
@@ -289,8 +223,8 @@ impl Default for CalDav {
             pending: BTreeMap::new(),
             use_report: true,
             syncing: false,
-            backoff: None,
-            last_error: None,
+            backoff: RetryWait::default(),
+            last_error: ErrorReport::default(),
             known: HashMap::new(),
             created: VecDeque::new(),
             generation: 0,
@@ -299,105 +233,22 @@ impl Default for CalDav {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn now_s() -> i64 {
-    (now_ms() / 1000) as i64
-}
-
-/// Percent-encode one path segment.
-fn segment(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// Seconds a `Retry-After` asks for (delta-seconds or an HTTP date).
-pub fn retry_after(value: &str, now: i64) -> Option<u64> {
-    let v = value.trim();
-    if let Ok(n) = v.parse::<u64>() {
-        return Some(n);
-    }
-    let t = chrono::NaiveDateTime::parse_from_str(v, "%a, %d %b %Y %H:%M:%S GMT").ok()?;
-    Some((t.and_utc().timestamp() - now).max(0) as u64)
-}
-
-fn check_range(start: i64, end: i64) -> Result<(), String> {
-    if start < 0 || end > MAX_UNIX {
-        return Err(format!(
-            "times must be unix seconds 0..={MAX_UNIX} (before the year 10000)"
-        ));
-    }
-    if end <= start {
-        return Err(format!("end ({end}) must be after start ({start})"));
-    }
-    if end - start > MAX_RANGE_SECS {
-        return Err(format!(
-            "the range is {} days; at most 366 days",
-            (end - start) / 86_400
-        ));
-    }
-    Ok(())
-}
-
-/// The busy periods of `events` within `[start, end)`, merged.
+/// The busy periods of `events` within `[start, end)`, merged: cancelled and free events
+/// do not count.
 pub fn merge_busy(events: &[ical::Event], start: i64, end: i64) -> Vec<Period> {
-    let mut spans: Vec<(i64, i64)> = events
-        .iter()
-        .filter(|e| e.busy() && e.end > e.start && e.overlaps(start, end))
-        .map(|e| (e.start.max(start), e.end.min(end)))
-        .collect();
-    spans.sort();
-    let mut out: Vec<Period> = Vec::new();
-    for (s, e) in spans {
-        match out.last_mut() {
-            Some(p) if s <= p.end => p.end = p.end.max(e),
-            _ => out.push(Period { start: s, end: e }),
-        }
-    }
-    out
+    lintel_calendar_kit::merge_busy(
+        events
+            .iter()
+            .filter(|e| e.busy() && e.overlaps(start, end))
+            .map(|e| (e.start, e.end)),
+        start,
+        end,
+    )
 }
 
 impl CalDav {
     fn set_error(&mut self, error: Option<String>) {
-        if self.last_error == error {
-            if let Some(e) = &error {
-                host::debug(&format!("still failing: {e}"));
-            }
-            return;
-        }
-        match &error {
-            Some(e) => host::warn(e),
-            None if self.last_error.is_some() => host::info("the calendar answers again"),
-            None => {}
-        }
-        let _ = host::set_status("last_error", &error);
-        self.last_error = error;
-    }
-
-    /// Whether a `Retry-After` wait is running: its reason.
-    fn backing_off(&mut self) -> Option<String> {
-        let (until, why) = self.backoff.as_ref()?;
-        let now = now_ms();
-        if now >= *until {
-            self.backoff = None;
-            return None;
-        }
-        Some(format!(
-            "{why}; retrying in {} s",
-            (until - now).div_ceil(1000)
-        ))
+        self.last_error.set(error);
     }
 
     fn request(&mut self, req: HttpRequest, pending: Pending) -> Result<(), String> {
@@ -413,7 +264,7 @@ impl CalDav {
 
     /// Ask the server for the events overlapping `[start, end)`.
     fn query(&mut self, want: Want, start: i64, end: i64) -> Result<(), (Want, String)> {
-        if let Some(why) = self.backing_off() {
+        if let Some(why) = self.backoff.active() {
             return Err((want, why));
         }
         if self.pending.len() >= MAX_IN_FLIGHT {
@@ -493,25 +344,11 @@ impl CalDav {
                 self.calendar_path
             ),
             429 | 500..=599 => {
-                let what = if code == 429 {
-                    "server busy"
-                } else {
-                    "server error"
-                };
-                let wait = resp
-                    .header("Retry-After")
-                    .and_then(|v| retry_after(v, now_s()))
-                    .or((code == 429).then_some(DEFAULT_429_WAIT_SECS));
-                match wait {
-                    Some(s) => {
-                        let s = s.clamp(1, MAX_RETRY_AFTER_SECS);
-                        let why = format!("{what} (HTTP {code})");
-                        self.backoff = Some((now_ms() + s * 1000, why.clone()));
-                        let _ = host::schedule_in(RETRY_TIMER, s * 1000);
-                        format!("{why}; retrying in {s} s")
-                    }
-                    None => format!("{what} (HTTP {code})"),
+                let (why, wait) = self.backoff.after(code, "", resp.header("Retry-After"));
+                if let Some(ms) = wait {
+                    let _ = host::schedule_in(RETRY_TIMER, ms);
                 }
+                why
             }
             _ => format!("unexpected answer to {what}: HTTP {code}"),
         };
@@ -699,7 +536,7 @@ impl CalDav {
         };
         match want {
             Want::Sync(callers) => {
-                self.publish(listed());
+                lintel_calendar_kit::publish_bookings(listed());
                 let _ = host::set_status("last_sync", &now_s());
                 for c in callers {
                     let _ = host::reply(c, Ok(Value::Null));
@@ -749,27 +586,6 @@ impl CalDav {
     }
 
     /// Publish the `bookings` status, keeping it under the engine's size cap.
-    fn publish(&mut self, bookings: Vec<Booking>) {
-        let total = bookings.len();
-        let mut size = 2;
-        let mut kept = Vec::new();
-        for b in bookings {
-            let n = serde_json_len(&b) + 1;
-            if size + n > MAX_BOOKINGS_STATUS_BYTES {
-                break;
-            }
-            size += n;
-            kept.push(b);
-        }
-        if kept.len() < total {
-            host::warn(&format!(
-                "the bookings status holds the first {} of {total} bookings (status values are at most 64 KiB); use list_bookings for all",
-                kept.len()
-            ));
-        }
-        let _ = host::set_status("bookings", &kept);
-    }
-
     fn put(&mut self, call: CallId, booking: Booking) {
         let path = format!("{}{}.ics", self.calendar_path, segment(&booking.id));
         let body = ical::new_event(
@@ -901,24 +717,8 @@ pub fn booking_uid(
     end: i64,
     title: &str,
 ) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    eat(&now_ms.to_le_bytes());
-    eat(&counter.to_le_bytes());
-    eat(calendar.as_bytes());
-    eat(&start.to_le_bytes());
-    eat(&end.to_le_bytes());
-    eat(title.as_bytes());
+    let h = lintel_calendar_kit::new_id_hash(now_ms, counter, calendar, start, end, title);
     format!("{h:016x}-{counter}@lintel")
-}
-
-fn serde_json_len<T: Serialize>(v: &T) -> usize {
-    json!(v).to_string().len()
 }
 
 impl Driver for CalDav {
@@ -973,10 +773,10 @@ impl Driver for CalDav {
         self.use_report = true;
         host::schedule_every(POLL_TIMER, self.poll_ms)?;
         // The first read, once loaded; after a running `Retry-After` wait (on_update).
-        let wait = match self.backoff.as_ref() {
-            Some((until, _)) => until.saturating_sub(now_ms()).max(FIRST_SYNC_MS),
-            None => FIRST_SYNC_MS,
-        };
+        let wait = self
+            .backoff
+            .remaining_ms()
+            .map_or(FIRST_SYNC_MS, |ms| ms.max(FIRST_SYNC_MS));
         host::schedule_in(RETRY_TIMER, wait)?;
         Ok(())
     }
@@ -985,7 +785,7 @@ impl Driver for CalDav {
         match id {
             POLL_TIMER => self.sync(Vec::new()),
             RETRY_TIMER => {
-                self.backoff = None;
+                self.backoff.clear();
                 self.sync(Vec::new());
             }
             _ => {}
@@ -1174,28 +974,8 @@ impl CalDav {
         organizer: Option<Email>,
     ) -> Result<Answer<Booking>, String> {
         check_range(start.0, end.0)?;
-        if start.0 > MAX_UNIX || end.0 > MAX_UNIX {
-            return Err("times must be before the year 10000".into());
-        }
-        let title = title.0.trim().to_owned();
-        if title.is_empty() || title.chars().count() > 255 {
-            return Err("title must be 1 to 255 characters".into());
-        }
-        let organizer = match organizer {
-            None => None,
-            Some(Email(o)) => {
-                let o = o.trim();
-                let o = ical::strip_mailto(o);
-                let valid = o.len() <= 254
-                    && o.split_once('@')
-                        .is_some_and(|(u, d)| !u.is_empty() && !d.is_empty())
-                    && !o.chars().any(|c| c.is_whitespace() || c.is_control());
-                if !valid {
-                    return Err(format!("organizer `{o}` is not an e-mail address"));
-                }
-                Some(o.to_owned())
-            }
-        };
+        let title = title.clean()?;
+        let organizer = organizer.map(Email::address).transpose()?;
         let booking = Booking {
             id: self.new_uid(start.0, end.0, &title),
             title,
@@ -1207,7 +987,7 @@ impl CalDav {
             private: false,
         };
         if self.allow_overlap {
-            if let Some(why) = self.backing_off() {
+            if let Some(why) = self.backoff.active() {
                 return Err(why);
             }
             self.put(call, booking);
@@ -1234,7 +1014,7 @@ impl CalDav {
         if id.trim().is_empty() || id.chars().any(char::is_control) {
             return Err("id must be a non-empty UID without control characters".into());
         }
-        if let Some(why) = self.backing_off() {
+        if let Some(why) = self.backoff.active() {
             return Err(why);
         }
         let reason = reason.map(|r| r.0.chars().take(500).collect::<String>());
@@ -1275,7 +1055,7 @@ impl CalDav {
     /// updated, or with why it could not be.
     #[function]
     fn refresh(&mut self, call: CallId) -> Result<Answer<()>, String> {
-        if let Some(why) = self.backing_off() {
+        if let Some(why) = self.backoff.active() {
             return Err(why);
         }
         self.sync(vec![call]);

@@ -3,7 +3,9 @@
 //! in-process duplex pipe (`connect`) or a TCP listener (`serve_tcp`).
 
 pub mod caldav;
+pub mod google_calendar;
 pub mod modbus;
+pub mod msgraph;
 pub mod pjlink;
 pub mod room_panel;
 pub mod samsung_mdc;

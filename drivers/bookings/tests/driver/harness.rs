@@ -2,9 +2,7 @@
 //! sensor and panel played by scripted statuses (`set_remote_status`) and call answers
 //! (`answer_call`).
 //!
-//! No live test: the driver has no transport, and its peers are other modules (calendar,
-//! occupancy, panel). The end-to-end test with real modules belongs to the lead's demo
-//! test.
+//! The same room with real modules around it is in `live.rs`.
 
 use lintel_driver_harness::{Harness, LogLevel, Value, json};
 use std::time::Duration;
