@@ -126,7 +126,7 @@ pub async fn serve(
     )
     .context("cannot open the admin socket")?;
     let mut engine_cfg = EngineConfig::new(cfg.data_dir.clone());
-    engine_cfg.secrets = Some(Arc::new(KeyringOpener(keyring.clone())));
+    engine_cfg.secrets = Some(Arc::new(KeyringSealer(keyring.clone())));
     engine_cfg.exec_timeout = Duration::from_millis(cfg.engine.exec_timeout_ms);
     engine_cfg.limits = SandboxLimits {
         memory_bytes: cfg.engine.module_memory_mb * 1024 * 1024,
@@ -256,11 +256,11 @@ pub async fn serve(
     Ok(())
 }
 
-/// Opens sealed settings for the engine with the master keyring.
-struct KeyringOpener(Keyring);
+/// The engine's sealing and opening, with the master keyring.
+struct KeyringSealer(Keyring);
 
-impl lintel_engine::SettingsOpener for KeyringOpener {
-    fn open(&self, s: &lintel_model::Settings) -> Result<serde_json::Value, String> {
+impl lintel_engine::Sealer for KeyringSealer {
+    fn open_settings(&self, s: &lintel_model::Settings) -> Result<serde_json::Value, String> {
         let lintel_model::SettingsBody::Sealed(sealed) = &s.body else {
             return Err("not sealed".into());
         };
@@ -269,6 +269,34 @@ impl lintel_engine::SettingsOpener for KeyringOpener {
             .current()
             .open_json(&ctx, sealed)
             .map_err(|e| e.to_string())
+    }
+
+    fn seal_refresh_token(
+        &self,
+        tenant_id: &str,
+        record_id: &str,
+        token: &str,
+    ) -> Result<lintel_model::SealedValue, String> {
+        let ctx = lintel_auth::SealContext::refresh_token(tenant_id, record_id);
+        self.0
+            .current()
+            .seal(&ctx, token.as_bytes())
+            .map_err(|e| e.to_string())
+    }
+
+    fn open_refresh_token(
+        &self,
+        tenant_id: &str,
+        record_id: &str,
+        sealed: &lintel_model::SealedValue,
+    ) -> Result<String, String> {
+        let ctx = lintel_auth::SealContext::refresh_token(tenant_id, record_id);
+        let bytes = self
+            .0
+            .current()
+            .open(&ctx, sealed)
+            .map_err(|e| e.to_string())?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "the sealed token is not text".into())
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::{AuthError, Keyring, SealContext, SecretKeyring};
 use lintel_model::{
-    Broker, IdentityProvider, Record, SealedValue, Settings, SettingsBody, SigningKey,
+    Broker, IdentityProvider, Record, RefreshToken, SealedValue, Settings, SettingsBody, SigningKey,
 };
 use lintel_store::{Actor, ListOptions, Store, StoreError, StoreExt};
 use std::sync::Arc;
@@ -66,6 +66,15 @@ impl Sealed for SigningKey {
     }
 }
 
+impl Sealed for RefreshToken {
+    fn sealed_mut(&mut self) -> Vec<(Field, &mut SealedValue)> {
+        vec![(
+            (|t, r| SealContext::refresh_token(t, r)) as Field,
+            &mut self.refresh_token,
+        )]
+    }
+}
+
 /// Re-seal every sealed value in the store (all tenants) under the primary key.
 pub async fn reseal_all(
     store: &Arc<dyn Store>,
@@ -77,6 +86,7 @@ pub async fn reseal_all(
     reseal_kind::<IdentityProvider>(store, &keyring, &mut report).await?;
     reseal_kind::<Broker>(store, &keyring, &mut report).await?;
     reseal_kind::<SigningKey>(store, &keyring, &mut report).await?;
+    reseal_kind::<RefreshToken>(store, &keyring, &mut report).await?;
     Ok(report)
 }
 

@@ -60,6 +60,14 @@ impl<'a> SealContext<'a> {
             field: "private_key",
         }
     }
+    /// A module's kept OAuth 2.0 refresh token (`RefreshToken` records).
+    pub fn refresh_token(tenant_id: &'a str, record_id: &'a str) -> Self {
+        SealContext {
+            tenant_id,
+            record_id,
+            field: "refresh_token",
+        }
+    }
     /// An MQTT broker's password.
     pub fn broker_password(tenant_id: &'a str, broker_id: &'a str) -> Self {
         SealContext {

@@ -456,6 +456,24 @@ mod tests {
             ..Default::default()
         };
         store.create(&Actor::system(), broker).await.unwrap();
+        // A module's kept OAuth refresh token, likewise.
+        let module_id = new_id(IdKind::Module);
+        let token_id = lintel_model::RefreshToken::id_for(&module_id).unwrap();
+        let refresh_token = old
+            .seal(
+                &SealContext::refresh_token(&tenant, &token_id),
+                b"refresh-token",
+            )
+            .unwrap();
+        let token = lintel_model::RefreshToken {
+            id: token_id.clone(),
+            tenant_id: tenant.clone(),
+            module_id,
+            configured: "0".repeat(64),
+            refresh_token,
+            ..Default::default()
+        };
+        store.create(&Actor::system(), token).await.unwrap();
         let new_line = SecretKeyring::generate_line();
         let both = SecretKeyring::parse(&format!("{new_line}\n{old_line}")).unwrap();
         let keyring = Keyring::new(both);
@@ -495,7 +513,7 @@ mod tests {
         writer.await.unwrap();
         // Anything the writer sealed under the old key after the pass: a second pass.
         reseal_all(&store, &keyring).await.unwrap();
-        assert!(report.resealed >= 51, "{report:?}");
+        assert!(report.resealed >= 52, "{report:?}");
         let current = keyring.current();
         let new_only = SecretKeyring::parse(&new_line).unwrap();
         for s in store
@@ -521,6 +539,15 @@ mod tests {
             )
             .unwrap();
         assert_eq!(opened.as_slice(), b"broker-password");
+        let token: lintel_model::RefreshToken = store.require(&tenant, &token_id).await.unwrap();
+        assert_eq!(token.refresh_token.key_id, current.primary_id());
+        let opened = new_only
+            .open(
+                &SealContext::refresh_token(&tenant, &token_id),
+                &token.refresh_token,
+            )
+            .unwrap();
+        assert_eq!(opened.as_slice(), b"refresh-token");
         let last: Settings = store.require(&tenant, &target).await.unwrap();
         assert!(
             open(&new_only, &last)["secret"]

@@ -55,18 +55,36 @@ use tokio_util::sync::CancellationToken;
 /// The `lintel:driver` WIT package version this engine implements.
 pub const DRIVER_ABI: &str = "0.1.0";
 
-/// Opens sealed settings for drivers (the binary adapts the secret keyring to it, so the
-/// engine holds no key material and depends on no crypto). The error says why, never what.
-pub trait SettingsOpener: Send + Sync {
-    fn open(&self, settings: &Settings) -> std::result::Result<serde_json::Value, String>;
+/// The engine's access to the secret keyring: it opens sealed settings for drivers and
+/// seals the refresh tokens it keeps for modules ([`lintel_model::RefreshToken`]). The
+/// binary adapts the keyring to it, so the engine holds no key material and depends on
+/// no crypto. An error says why, never what.
+pub trait Sealer: Send + Sync {
+    /// A sealed settings record's content.
+    fn open_settings(&self, settings: &Settings) -> std::result::Result<serde_json::Value, String>;
+    /// Seal `token` for the refresh-token record `record_id` of `tenant_id`.
+    fn seal_refresh_token(
+        &self,
+        tenant_id: &str,
+        record_id: &str,
+        token: &str,
+    ) -> std::result::Result<lintel_model::SealedValue, String>;
+    /// Open what [`seal_refresh_token`](Self::seal_refresh_token) sealed for that record.
+    fn open_refresh_token(
+        &self,
+        tenant_id: &str,
+        record_id: &str,
+        sealed: &lintel_model::SealedValue,
+    ) -> std::result::Result<String, String>;
 }
 
 /// Engine settings (from the `[engine]` section of `lintel.toml`).
 #[derive(Clone)]
 pub struct EngineConfig {
-    /// Opens settings sealed above level `none`; without it such settings stop the module
-    /// with an error.
-    pub secrets: Option<Arc<dyn SettingsOpener>>,
+    /// Opens settings sealed above level `none` (without it such settings stop the module
+    /// with an error) and seals the refresh tokens kept for modules (without it they are
+    /// kept in memory only).
+    pub secrets: Option<Arc<dyn Sealer>>,
     pub data_dir: PathBuf,
     pub limits: SandboxLimits,
     /// How long an `exec` waits for the driver's answer.
@@ -792,7 +810,7 @@ impl Engine {
                         .secrets
                         .as_ref()
                         .ok_or_else(|| "no secret keyring".to_string())
-                        .and_then(|o| o.open(s))
+                        .and_then(|o| o.open_settings(s))
                         .map_err(|why| {
                             EngineError::Internal(format!(
                                 "module {}: sealed settings {} cannot be opened: {why}",
@@ -950,10 +968,17 @@ impl Engine {
                     .as_deref()
                     .ok_or_else(|| need("http(s)://host[:port]"))?;
                 let uri = self.http_base(uri).map_err(refused)?;
-                http_device = Some(
-                    links::HttpDevice::new(&uri, &settings, &self.http, status.clone())
-                        .map_err(refused)?,
-                );
+                let device = links::HttpDevice::new(&uri, &settings, &self.http, status.clone())
+                    .map_err(refused)?;
+                if let (Some(oauth), Some(sealer)) = (&device.oauth, &self.cfg.secrets) {
+                    oauth.keep_tokens_in(oauth::TokenStore {
+                        store: self.store.clone(),
+                        sealer: sealer.clone(),
+                        tenant_id: tenant_id.to_string(),
+                        module_id: module_id.to_string(),
+                    });
+                }
+                http_device = Some(device);
                 None
             }
             TransportKind::Mqtt => {

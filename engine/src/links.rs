@@ -1371,6 +1371,137 @@ mod oauth_tests {
         assert_eq!(p.service_auth, ["tok-1", "tok-1", "tok-2"]);
     }
 
+    /// What the engine keeps of a rotated refresh token, and when it does not use it: new
+    /// configured credentials win, a record copied to another module does not open, a
+    /// token that cannot be sealed is still used from memory.
+    #[tokio::test]
+    async fn a_kept_refresh_token_serves_only_its_module_and_credentials() {
+        let (base, p) = provider(Provider {
+            lifetime: 3600,
+            rotate_to: Some("r".into()),
+            ..Default::default()
+        })
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn lintel_store::Store> =
+            Arc::new(lintel_store::EmbeddedStore::open(dir.path()).unwrap());
+        let sealer = crate::tests::KeyringSealer::generated();
+        const TENANT: &str = "authority-t1";
+        let keep = |module: &str, sealer: Arc<dyn crate::Sealer>| crate::oauth::TokenStore {
+            store: store.clone(),
+            sealer,
+            tenant_id: TENANT.into(),
+            module_id: module.into(),
+        };
+        let settings = |configured: &str| {
+            serde_json::json!({"oauth2": {
+                "grant": "refresh_token",
+                "token_url": format!("{base}token"),
+                "client_id": "lintel",
+                "client_secret": SECRET,
+                "refresh_token": configured,
+            }})
+        };
+        // One request of a freshly started module; the refresh token it presented.
+        let run =
+            |configured: &'static str, module: &'static str, sealer: Arc<dyn crate::Sealer>| {
+                let (dev, p) = (device(&base, settings(configured)).unwrap(), p.clone());
+                dev.oauth
+                    .as_ref()
+                    .unwrap()
+                    .keep_tokens_in(keep(module, sealer));
+                async move {
+                    assert_eq!(http_request(&dev, get()).await.unwrap().status, 200);
+                    let p = p.lock();
+                    form(p.token_requests.last().unwrap())["refresh_token"].clone()
+                }
+            };
+        let kept = |module: &str| {
+            let (store, sealer) = (store.clone(), sealer.clone());
+            let id = lintel_model::RefreshToken::id_for(module).unwrap();
+            async move {
+                use lintel_store::StoreExt;
+                let r = store
+                    .get::<lintel_model::RefreshToken>(TENANT, &id)
+                    .await
+                    .unwrap()?;
+                Some(
+                    crate::Sealer::open_refresh_token(&*sealer, TENANT, &id, &r.refresh_token)
+                        .unwrap(),
+                )
+            }
+        };
+        assert_eq!(run("c-0", "mod-a", sealer.clone()).await, "c-0");
+        assert_eq!(kept("mod-a").await.as_deref(), Some("r-1"));
+        assert_eq!(run("c-0", "mod-a", sealer.clone()).await, "r-1");
+        assert_eq!(kept("mod-a").await.as_deref(), Some("r-2"));
+        // An administrator stores a new token: it wins over the kept one, and is then
+        // followed in turn.
+        assert_eq!(run("c-new", "mod-a", sealer.clone()).await, "c-new");
+        assert_eq!(run("c-new", "mod-a", sealer.clone()).await, "r-3");
+        // The record copied to another module's id does not open there (the seal binds
+        // the record): that module starts from its configured token.
+        {
+            use lintel_store::StoreExt;
+            let a: lintel_model::RefreshToken = store
+                .require(
+                    TENANT,
+                    &lintel_model::RefreshToken::id_for("mod-a").unwrap(),
+                )
+                .await
+                .unwrap();
+            store
+                .create(
+                    &lintel_store::Actor::system(),
+                    lintel_model::RefreshToken {
+                        id: lintel_model::RefreshToken::id_for("mod-b").unwrap(),
+                        module_id: "mod-b".into(),
+                        ..a
+                    },
+                )
+                .await
+                .unwrap();
+        }
+        assert_eq!(run("c-new", "mod-b", sealer.clone()).await, "c-new");
+        assert_eq!(kept("mod-b").await.as_deref(), Some("r-5"));
+        // A keyring that can neither open nor seal: the configured token serves, and the
+        // new one is used from memory all the same.
+        struct Broken;
+        impl crate::Sealer for Broken {
+            fn open_settings(&self, _: &lintel_model::Settings) -> Result<Value, String> {
+                Err("broken".into())
+            }
+            fn seal_refresh_token(
+                &self,
+                _: &str,
+                _: &str,
+                _: &str,
+            ) -> Result<lintel_model::SealedValue, String> {
+                Err("broken".into())
+            }
+            fn open_refresh_token(
+                &self,
+                _: &str,
+                _: &str,
+                _: &lintel_model::SealedValue,
+            ) -> Result<String, String> {
+                Err("broken".into())
+            }
+        }
+        let dev = device(&base, settings("c-new")).unwrap();
+        let oauth = dev.oauth.clone().unwrap();
+        oauth.keep_tokens_in(keep("mod-b", Arc::new(Broken)));
+        assert_eq!(http_request(&dev, get()).await.unwrap().status, 200);
+        p.lock().revoked.insert("tok-6".into());
+        assert_eq!(http_request(&dev, get()).await.unwrap().status, 200);
+        let sent: Vec<String> = p.lock().token_requests[5..]
+            .iter()
+            .map(|b| form(b)["refresh_token"].clone())
+            .collect();
+        assert_eq!(sent, ["c-new", "r-6"]);
+        assert_eq!(kept("mod-b").await.as_deref(), Some("r-5"));
+    }
+
     /// A Google-style service account signs an RS256 assertion (RFC 7523) for its scope
     /// and subject; the endpoint verifies it with the public key.
     #[tokio::test]

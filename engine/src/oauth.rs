@@ -20,10 +20,20 @@
 //! busy or unreachable endpoint its `Retry-After` or a growing back-off (5 s … 5 min);
 //! meanwhile requests fail at once with the reason. A token that could not be renewed is
 //! still used until it expires. Reasons never carry a secret.
+//!
+//! A provider that rotates refresh tokens (Microsoft's identity platform answers each
+//! renewal with a new one; providers with reuse detection revoke the whole chain when an
+//! old one is presented again) needs the latest one to survive a restart: the engine
+//! keeps it in the module's [`RefreshToken`] record, sealed by the keyring, and a module
+//! (re)started with the same configured credentials goes on from it.
 
+use lintel_model::RefreshToken;
+use lintel_store::{Actor, Store, StoreError, StoreExt};
 use parking_lot::Mutex;
 use reqwest::header::HeaderValue;
 use serde_json::Value;
+use sha2::Digest;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a token request may take.
@@ -63,6 +73,27 @@ pub(crate) struct OAuth2 {
     /// One token request at a time; the others wait for its outcome.
     fetch: tokio::sync::Mutex<()>,
     state: Mutex<TokenState>,
+    /// Where a rotated refresh token is kept (the `refresh_token` grant, with a store and
+    /// a keyring); set once, before the first token request.
+    keeper: OnceLock<Keeper>,
+}
+
+/// Where an engine keeps the refresh tokens its modules are issued: a module's
+/// [`RefreshToken`] record, sealed with the keyring.
+pub(crate) struct TokenStore {
+    pub store: Arc<dyn Store>,
+    pub sealer: Arc<dyn crate::Sealer>,
+    pub tenant_id: String,
+    pub module_id: String,
+}
+
+struct Keeper {
+    at: TokenStore,
+    record_id: String,
+    /// [`RefreshToken::configured`] of this module's settings.
+    configured: String,
+    /// Whether the kept token was looked for (before the first token request).
+    restored: tokio::sync::OnceCell<()>,
 }
 
 enum Grant {
@@ -264,7 +295,36 @@ impl OAuth2 {
             client,
             fetch: tokio::sync::Mutex::new(()),
             state: Mutex::new(TokenState::default()),
+            keeper: OnceLock::new(),
         })
+    }
+
+    /// Keep rotated refresh tokens in `at` and start from the one kept there, if it
+    /// descends from the configured credentials. Only the `refresh_token` grant has any;
+    /// for the others this does nothing.
+    pub fn keep_tokens_in(&self, at: TokenStore) {
+        let Grant::RefreshToken {
+            client_id,
+            configured,
+            ..
+        } = &self.grant
+        else {
+            return;
+        };
+        let Some(record_id) = RefreshToken::id_for(&at.module_id) else {
+            return;
+        };
+        let mut digest = sha2::Sha256::new();
+        for part in [self.token_url.as_str(), client_id, configured] {
+            digest.update(part.as_bytes());
+            digest.update([0]);
+        }
+        let _ = self.keeper.set(Keeper {
+            at,
+            record_id,
+            configured: hex::encode(digest.finalize()),
+            restored: tokio::sync::OnceCell::new(),
+        });
     }
 
     /// The `Authorization` value for the next request: the kept token, or a new one.
@@ -378,6 +438,18 @@ impl OAuth2 {
     }
 
     async fn request_token(&self) -> Result<Token, Failure> {
+        if let (Some(keeper), Grant::RefreshToken { refresh_token, .. }) =
+            (self.keeper.get(), &self.grant)
+        {
+            keeper
+                .restored
+                .get_or_init(|| async {
+                    if let Some(kept) = keeper.load().await {
+                        *refresh_token.lock() = kept;
+                    }
+                })
+                .await;
+        }
         let mut form: Vec<(&str, String)> = Vec::new();
         match &self.grant {
             Grant::ClientCredentials {
@@ -454,7 +526,16 @@ impl OAuth2 {
                     reason: "the token endpoint's answer is not JSON".into(),
                     wait: Duration::ZERO,
                 })?;
-                self.accept(&json, sent)
+                let token = self.accept(&json, sent)?;
+                if let Some(new) = self.rotate(&json) {
+                    match self.keeper.get() {
+                        Some(keeper) => keeper.save(&new).await,
+                        None => tracing::info!(
+                            "oauth2: the token endpoint issued a new refresh token; it is used from now on (kept in memory only: this engine has no keyring to seal it with)"
+                        ),
+                    }
+                }
+                Ok(token)
             }
             429 | 500..=599 => Err(Failure {
                 reason: if status == 429 {
@@ -535,26 +616,30 @@ impl OAuth2 {
         let mut header = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| bad("holds an access_token a header cannot carry"))?;
         header.set_sensitive(true);
-        if let (Grant::RefreshToken { refresh_token, .. }, Some(new)) = (
-            &self.grant,
-            json.get("refresh_token")
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty()),
-        ) {
-            let mut kept = refresh_token.lock();
-            if *kept != new {
-                *kept = new.to_string();
-                tracing::info!(
-                    "oauth2: the token endpoint issued a new refresh token; it is used from now on (kept in memory until the module restarts)"
-                );
-            }
-        }
         // Counted from when the request was sent: the answer's travel time is not the
         // token's.
         Ok(Token {
             header,
             renew_at: sent + lifetime - (lifetime / 4).min(RENEW_MARGIN),
             expires_at: sent + lifetime,
+        })
+    }
+
+    /// The new refresh token of a token response that carries one (RFC 6749 §6): from now
+    /// on it is the one used. `None` when the answer repeats the current one or has none.
+    fn rotate(&self, json: &Value) -> Option<String> {
+        let Grant::RefreshToken { refresh_token, .. } = &self.grant else {
+            return None;
+        };
+        let new = json
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|t| !t.is_empty())?;
+        let mut kept = refresh_token.lock();
+        (*kept != new).then(|| {
+            *kept = new.to_string();
+            new.to_string()
         })
     }
 
@@ -641,6 +726,110 @@ impl OAuth2 {
             .map(|c| if c.is_control() { ' ' } else { c })
             .take(MAX_DESCRIPTION)
             .collect()
+    }
+}
+
+impl Keeper {
+    /// The kept refresh token, if one descends from the configured credentials. Whatever
+    /// goes wrong, the configured token serves (and the log says why).
+    async fn load(&self) -> Option<String> {
+        let TokenStore {
+            store,
+            sealer,
+            tenant_id,
+            module_id,
+        } = &self.at;
+        let record = match store.get::<RefreshToken>(tenant_id, &self.record_id).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(module = %module_id, error = %e, "oauth2: the kept refresh token cannot be read; starting from the configured oauth2.refresh_token");
+                return None;
+            }
+        };
+        if record.configured != self.configured {
+            tracing::info!(module = %module_id, "oauth2: oauth2.refresh_token (or the token_url or client_id) changed since a token was kept; starting from the configured one");
+            return None;
+        }
+        match sealer.open_refresh_token(tenant_id, &self.record_id, &record.refresh_token) {
+            Ok(token) if !token.trim().is_empty() => {
+                tracing::info!(module = %module_id, "oauth2: going on from the refresh token the token endpoint issued last (kept sealed)");
+                Some(token.trim().to_string())
+            }
+            Ok(_) => None,
+            Err(why) => {
+                tracing::warn!(module = %module_id, "oauth2: the kept refresh token cannot be opened ({why}); starting from the configured oauth2.refresh_token");
+                None
+            }
+        }
+    }
+
+    /// Keep `token` (sealed) for the next start. A failure is logged: the token is still
+    /// used from memory, but a restart would start again from the configured one.
+    async fn save(&self, token: &str) {
+        let TokenStore {
+            store,
+            sealer,
+            tenant_id,
+            module_id,
+        } = &self.at;
+        let sealed = match sealer.seal_refresh_token(tenant_id, &self.record_id, token) {
+            Ok(sealed) => sealed,
+            Err(why) => {
+                tracing::warn!(module = %module_id, "oauth2: the token endpoint issued a new refresh token, which cannot be sealed ({why}); it is used from memory, and a restart would start again from the configured one");
+                return;
+            }
+        };
+        // Another engine may write it at the same moment (a module moving between
+        // engines): compare-and-swap, a few times.
+        let mut last = None;
+        for _ in 0..3 {
+            // A tombstone (left by a purge sweep cut short) is written over, not re-created.
+            let written = match store
+                .get_with_tombstone::<RefreshToken>(tenant_id, &self.record_id)
+                .await
+            {
+                Ok(Some((record, _))) => store
+                    .update_bookkeeping(RefreshToken {
+                        configured: self.configured.clone(),
+                        refresh_token: sealed.clone(),
+                        ..record
+                    })
+                    .await
+                    .map(drop),
+                Ok(None) => store
+                    .create(
+                        &Actor::system(),
+                        RefreshToken {
+                            id: self.record_id.clone(),
+                            tenant_id: tenant_id.clone(),
+                            module_id: module_id.clone(),
+                            configured: self.configured.clone(),
+                            refresh_token: sealed.clone(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map(drop),
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(()) => {
+                    tracing::info!(module = %module_id, "oauth2: the token endpoint issued a new refresh token; it is used from now on and kept sealed for the next start");
+                    return;
+                }
+                Err(e @ (StoreError::Conflict { .. } | StoreError::AlreadyExists { .. })) => {
+                    last = Some(e);
+                }
+                Err(e) => {
+                    last = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = last {
+            tracing::warn!(module = %module_id, error = %e, "oauth2: the token endpoint issued a new refresh token, which cannot be kept; it is used from memory, and a restart would start again from the configured one");
+        }
     }
 }
 

@@ -18,6 +18,49 @@ fn occupancy_endpoint(o: OccupancySimulator) -> Arc<dyn InProcessEndpoint> {
     Arc::new(move || o.connect())
 }
 
+/// The engine's [`Sealer`] with a real keyring, as the binary adapts it.
+pub(crate) struct KeyringSealer(pub lintel_auth::SecretKeyring);
+
+impl KeyringSealer {
+    pub fn generated() -> Arc<KeyringSealer> {
+        let line = lintel_auth::SecretKeyring::generate_line();
+        Arc::new(KeyringSealer(
+            lintel_auth::SecretKeyring::parse(&line).unwrap(),
+        ))
+    }
+}
+
+impl Sealer for KeyringSealer {
+    fn open_settings(&self, s: &Settings) -> std::result::Result<Value, String> {
+        let SettingsBody::Sealed(sealed) = &s.body else {
+            return Err("not sealed".into());
+        };
+        let ctx = lintel_auth::SealContext::settings_body(&s.tenant_id, &s.id);
+        self.0.open_json(&ctx, sealed).map_err(|e| e.to_string())
+    }
+    fn seal_refresh_token(
+        &self,
+        tenant_id: &str,
+        record_id: &str,
+        token: &str,
+    ) -> std::result::Result<lintel_model::SealedValue, String> {
+        let ctx = lintel_auth::SealContext::refresh_token(tenant_id, record_id);
+        self.0
+            .seal(&ctx, token.as_bytes())
+            .map_err(|e| e.to_string())
+    }
+    fn open_refresh_token(
+        &self,
+        tenant_id: &str,
+        record_id: &str,
+        sealed: &lintel_model::SealedValue,
+    ) -> std::result::Result<String, String> {
+        let ctx = lintel_auth::SealContext::refresh_token(tenant_id, record_id);
+        let bytes = self.0.open(&ctx, sealed).map_err(|e| e.to_string())?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "not text".into())
+    }
+}
+
 struct Fixture {
     _dir: tempfile::TempDir,
     engine: Engine,
@@ -2396,4 +2439,121 @@ async fn a_device_that_stops_reading_fills_the_queue_and_loses_nothing() {
         assert!(!l.message.contains("command dropped"), "{}", l.message);
     }
     f.engine.shutdown().await;
+}
+
+/// A module on the `refresh_token` grant against a provider that rotates refresh tokens
+/// and refuses the replaced ones: the engine keeps the latest (sealed, in the store), so
+/// the module goes on after a restart and after the engine itself restarts. Without it,
+/// the restarted module would present the configured token, which the provider refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_refresh_token_outlives_restarts() {
+    use lintel_simulators::msgraph::MsGraphSimulator;
+    const MB: &str = "room-1@contoso.com";
+    let sim = MsGraphSimulator::new(MB, "app", "app-secret");
+    sim.accept_refresh_token("rt-configured");
+    sim.rotate_refresh_tokens();
+    let addr = sim.serve().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let sealer = KeyringSealer::generated();
+    let engine_cfg = {
+        let mut cfg = EngineConfig::new(dir.path().to_path_buf());
+        cfg.secrets = Some(sealer.clone());
+        cfg
+    };
+    let engine = Engine::new(engine_cfg.clone(), store.clone()).unwrap();
+    let tenant = store
+        .create(
+            &Actor::system(),
+            Tenant {
+                id: new_id(IdKind::Tenant),
+                name: "T".into(),
+                domain: "t.example".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let system = store
+        .create(
+            &Actor::system(),
+            ControlSystem {
+                id: new_id(IdKind::System),
+                tenant_id: tenant.id.clone(),
+                name: "Room".into(),
+                capacity: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let module = add_module(
+        &engine,
+        &tenant.id,
+        &system.id,
+        lintel_bundled_drivers::MSGRAPH.component,
+        Some(&format!("http://{addr}")),
+        json!({
+            "mailbox": MB,
+            "poll_every_ms": 3_600_000,
+            "oauth2": {
+                "grant": "refresh_token",
+                "token_url": format!("http://{addr}/token"),
+                "client_id": "app",
+                "client_secret": "app-secret",
+                "refresh_token": "rt-configured",
+            },
+        }),
+    )
+    .await;
+    let record_id = lintel_model::RefreshToken::id_for(&module.id).unwrap();
+    // The refresh grants answered, once the kept token is `rt-<n>`.
+    let kept_after = |n: u64| {
+        let (store, sim, tenant, record_id) = (
+            store.clone(),
+            sim.clone(),
+            tenant.id.clone(),
+            record_id.clone(),
+        );
+        let sealer = sealer.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let kept = store
+                    .get::<lintel_model::RefreshToken>(&tenant, &record_id)
+                    .await
+                    .unwrap()
+                    .map(|r| {
+                        assert!(!r.refresh_token.ciphertext.contains("rt-"));
+                        sealer
+                            .open_refresh_token(&tenant, &record_id, &r.refresh_token)
+                            .unwrap()
+                    });
+                if kept.as_deref() == Some(format!("rt-{n}").as_str()) {
+                    assert_eq!(sim.refresh_token(), (Some(format!("rt-{n}")), n));
+                    return;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "kept {kept:?}, provider {:?}",
+                    sim.refresh_token()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    engine.start_module(&tenant.id, &module.id).await.unwrap();
+    kept_after(1).await;
+    // The module restarts: it presents rt-1, not the configured (now refused) token.
+    engine.stop_module(&module.id).await;
+    engine.start_module(&tenant.id, &module.id).await.unwrap();
+    kept_after(2).await;
+    // So does a new engine on the same store (a process restart).
+    engine.shutdown().await;
+    drop(engine);
+    let engine = Engine::new(engine_cfg, store.clone()).unwrap();
+    engine.start_module(&tenant.id, &module.id).await.unwrap();
+    kept_after(3).await;
+    assert_eq!(engine.module_error(&tenant.id, &module.id).unwrap(), None);
+    engine.shutdown().await;
 }

@@ -20,10 +20,11 @@ pub enum IdKind {
     IdentityProvider,
     SigningKey,
     Broker,
+    RefreshToken,
 }
 
 impl IdKind {
-    pub const ALL: [IdKind; 15] = [
+    pub const ALL: [IdKind; 16] = [
         IdKind::Tenant,
         IdKind::Zone,
         IdKind::System,
@@ -39,6 +40,7 @@ impl IdKind {
         IdKind::IdentityProvider,
         IdKind::SigningKey,
         IdKind::Broker,
+        IdKind::RefreshToken,
     ];
 
     pub fn prefix(self) -> &'static str {
@@ -58,6 +60,7 @@ impl IdKind {
             IdKind::IdentityProvider => "idp",
             IdKind::SigningKey => "sigkey",
             IdKind::Broker => "broker",
+            IdKind::RefreshToken => "rtoken",
         }
     }
 
@@ -79,13 +82,15 @@ impl IdKind {
             IdKind::IdentityProvider => "identity_provider",
             IdKind::SigningKey => "signing_key",
             IdKind::Broker => "broker",
+            IdKind::RefreshToken => "refresh_token",
         }
     }
 
     /// Whether changes to records of this kind leave audit entries. Configuration does;
-    /// bookkeeping that changes on every use (sign-in sessions) does not.
+    /// bookkeeping that changes on every use (sign-in sessions, the refresh tokens an
+    /// OAuth provider rotates with every access token) does not.
     pub const fn audited(self) -> bool {
-        !matches!(self, IdKind::Session | IdKind::Audit)
+        !matches!(self, IdKind::Session | IdKind::Audit | IdKind::RefreshToken)
     }
 
     /// The kind whose stable [`name`](Self::name) is `name`.

@@ -12,7 +12,7 @@ pub use migrations::{Migrated, MigrationError, SCHEMA_VERSION, migrate};
 pub use records::{
     ApiKey, AuditAction, AuditEntry, Broker, BrokerCommands, CommandRule, ControlSystem,
     DriverRecord, DriverRole, EncryptionLevel, IdentityProvider, MODULE_URI_SCHEMES, Metadata,
-    Module, REDACTED, Record, Role, RoleMapping, SESSION_USED_HASHES, SETTINGS_PARENTS,
-    SandboxBudget, SealedValue, Session, Settings, SettingsBody, SigningKey, Tenant, Trigger, User,
-    ValidationError, ZONE_TAGS, Zone, diff,
+    Module, REDACTED, Record, RefreshToken, Role, RoleMapping, SESSION_USED_HASHES,
+    SETTINGS_PARENTS, SandboxBudget, SealedValue, Session, Settings, SettingsBody, SigningKey,
+    Tenant, Trigger, User, ValidationError, ZONE_TAGS, Zone, diff,
 };

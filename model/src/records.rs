@@ -1615,6 +1615,78 @@ record_common!(
     }
 );
 
+/// The refresh token an OAuth 2.0 provider issued to a module in place of the one in its
+/// `oauth2` setting (providers that rotate refresh tokens answer each renewal with a new
+/// one). The engine keeps it here, sealed (field `refresh_token`), so a restarted module
+/// goes on with the latest token rather than one the provider may have retired. One per
+/// module: the id is the module's with prefix `rtoken` ([`RefreshToken::id_for`]).
+/// Engine bookkeeping: not audited, not served by the API; purged with its module.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct RefreshToken {
+    pub id: String,
+    pub tenant_id: String,
+    pub module_id: String,
+    /// SHA-256 (hex) of the credentials it descends from (token URL, client id and the
+    /// configured refresh token): once an administrator stores new ones, this token is
+    /// ignored.
+    pub configured: String,
+    /// The latest refresh token, sealed.
+    pub refresh_token: SealedValue,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub version: u64,
+}
+impl RefreshToken {
+    /// The record of module `module_id` (`mod-x` → `rtoken-x`); `None` for a malformed id.
+    pub fn id_for(module_id: &str) -> Option<String> {
+        IdKind::Module.is_valid_id(module_id).then(|| {
+            format!(
+                "{}{}",
+                IdKind::RefreshToken.prefix(),
+                &module_id[IdKind::Module.prefix().len()..]
+            )
+        })
+    }
+}
+impl std::fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshToken")
+            .field("id", &self.id)
+            .field("module_id", &self.module_id)
+            .finish_non_exhaustive()
+    }
+}
+record_common!(
+    RefreshToken,
+    IdKind::RefreshToken,
+    tenant = tenant_id,
+    |self| {
+        require_id("module_id", IdKind::Module, &self.module_id)?;
+        if RefreshToken::id_for(&self.module_id).as_deref() != Some(self.id.as_str()) {
+            return Err(ValidationError::new(
+                "id",
+                "must be the module id with prefix `rtoken` instead of `mod`",
+            ));
+        }
+        if self.configured.len() != 64 || !self.configured.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ValidationError::new(
+                "configured",
+                "must be a SHA-256 hex digest",
+            ));
+        }
+        if self.refresh_token.key_id.is_empty() || self.refresh_token.ciphertext.is_empty() {
+            return Err(ValidationError::new("refresh_token", "must be sealed"));
+        }
+        Ok(())
+    },
+    redact = |self| {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        v["refresh_token"] = Value::String(REDACTED.into());
+        v
+    }
+);
+
 /// The top-level fields that differ between two redacted records, as
 /// `{field: {"from": old, "to": new}}`. Bookkeeping fields (`version`, `updated_at`) are
 /// left out. `before = None` (created) lists every field with `from: null`.

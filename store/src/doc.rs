@@ -87,6 +87,7 @@ pub fn doc_from_body(kind: IdKind, body: Value, deleted_at: Option<i64>) -> Resu
         IdKind::IdentityProvider => typed::<IdentityProvider>(body, deleted_at),
         IdKind::SigningKey => typed::<SigningKey>(body, deleted_at),
         IdKind::Broker => typed::<lintel_model::Broker>(body, deleted_at),
+        IdKind::RefreshToken => typed::<lintel_model::RefreshToken>(body, deleted_at),
     }
 }
 

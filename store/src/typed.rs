@@ -428,6 +428,60 @@ pub async fn purge_expired<S: Store + ?Sized>(store: &S, cutoff: i64) -> Result<
             }
         }
     }
+    Ok(purged + purge_orphaned_refresh_tokens(store).await?)
+}
+
+/// A module's kept refresh token ([`lintel_model::RefreshToken`]) goes once the module is
+/// purged (while it is a tombstone it can be restored, and the token with it): a sealed
+/// credential is not kept for a module that no longer exists. Returns how many went.
+async fn purge_orphaned_refresh_tokens<S: Store + ?Sized>(store: &S) -> Result<usize> {
+    use lintel_model::RefreshToken;
+    let mut purged = 0;
+    let mut after = None;
+    loop {
+        let mut q = Query::new(IdKind::RefreshToken, None);
+        (q.after, q.limit) = (after.take(), MAX_PAGE);
+        let page = store.query(q).await?;
+        for doc in &page.docs {
+            let token: RefreshToken = decode(doc)?;
+            if store
+                .get_doc(IdKind::Module, &token.tenant_id, &token.module_id)
+                .await?
+                .is_some()
+            {
+                continue;
+            }
+            // A purge takes tombstones only: delete, then purge. A token written meanwhile
+            // (a conflict) is left for the next sweep.
+            let gone = store
+                .delete::<RefreshToken>(
+                    &Actor::system(),
+                    &token.tenant_id,
+                    &token.id,
+                    Some(token.version),
+                )
+                .await;
+            let purge = Write::Purge {
+                kind: IdKind::RefreshToken,
+                tenant_id: token.tenant_id.clone(),
+                id: token.id.clone(),
+                expected_version: token.version + 1,
+            };
+            match gone {
+                Ok(()) => match store.commit(vec![purge]).await {
+                    Ok(()) => purged += 1,
+                    Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(e),
+                },
+                Err(StoreError::Conflict { .. } | StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
     Ok(purged)
 }
 

@@ -13,7 +13,11 @@
 //!   "expires_in":N,"ext_expires_in":N,"access_token":"tok-N"}` or `400
 //!   {"error":"invalid_client","error_description":"…"}` (Microsoft identity platform
 //!   "OAuth 2.0 client credentials flow" shapes). `scope`, when given, must be
-//!   `https://graph.microsoft.com/.default`.
+//!   `https://graph.microsoft.com/.default`. After
+//!   [`MsGraphSimulator::rotate_refresh_tokens`] each refresh answer carries a new
+//!   `refresh_token` (`rt-N`) and the one it replaces is refused from then on (the
+//!   identity platform issues a new refresh token with each renewal; providers with reuse
+//!   detection also revoke the old one, which this does).
 //! - Every other request needs `Authorization: Bearer <a current token>`, else `401`
 //!   with Graph's error body (`InvalidAuthenticationToken`), as "Microsoft Graph error
 //!   responses and resource types" documents.
@@ -73,6 +77,10 @@ struct State {
     client_id: String,
     client_secret: String,
     refresh_token: Option<String>,
+    /// Answer refresh grants with a new refresh token, refusing the old one after.
+    rotate: bool,
+    /// Refresh grants answered.
+    refreshes: u64,
     /// Events in the calendar view (full Graph event objects).
     events: Vec<Value>,
     /// What `cancel`/`decline` did: (event id, `cancel` or `decline`, request body).
@@ -431,6 +439,8 @@ impl MsGraphSimulator {
                 client_id: client_id.to_string(),
                 client_secret: client_secret.to_string(),
                 refresh_token: None,
+                rotate: false,
+                refreshes: 0,
                 events: Vec::new(),
                 actions: Vec::new(),
                 tokens: HashMap::new(),
@@ -450,6 +460,18 @@ impl MsGraphSimulator {
     /// Also accept `grant_type=refresh_token` with this refresh token.
     pub fn accept_refresh_token(&self, token: &str) {
         self.state.lock().refresh_token = Some(token.to_string());
+    }
+
+    /// Rotate refresh tokens: each refresh answer carries a new one (`rt-N`), which
+    /// replaces the one accepted so far.
+    pub fn rotate_refresh_tokens(&self) {
+        self.state.lock().rotate = true;
+    }
+
+    /// The refresh token accepted now, and how many refresh grants were answered.
+    pub fn refresh_token(&self) -> (Option<String>, u64) {
+        let s = self.state.lock();
+        (s.refresh_token.clone(), s.refreshes)
     }
 
     /// Add an event (see [`event`]); replaces one with the same id.
@@ -883,10 +905,16 @@ impl MsGraphSimulator {
             token.clone(),
             Instant::now() + Duration::from_secs(s.expires_in),
         );
-        json_reply(
-            200,
-            &json!({"token_type": "Bearer", "expires_in": s.expires_in, "ext_expires_in": s.expires_in, "access_token": token}),
-        )
+        let mut answer = json!({"token_type": "Bearer", "expires_in": s.expires_in, "ext_expires_in": s.expires_in, "access_token": token});
+        if get("grant_type") == Some("refresh_token") {
+            s.refreshes += 1;
+            if s.rotate {
+                let next = format!("rt-{}", s.refreshes);
+                answer["refresh_token"] = Value::String(next.clone());
+                s.refresh_token = Some(next);
+            }
+        }
+        json_reply(200, &answer)
     }
 }
 

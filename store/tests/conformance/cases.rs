@@ -3,7 +3,8 @@
 use crate::fixture::{Fixture, open_for_child};
 use lintel_model::{
     AuditAction, AuditEntry, ControlSystem, DriverRecord, EncryptionLevel, IdKind, Metadata,
-    Module, REDACTED, Record, SealedValue, Settings, SettingsBody, Tenant, User, Zone, new_id,
+    Module, REDACTED, Record, RefreshToken, SealedValue, Settings, SettingsBody, Tenant, User,
+    Zone, new_id,
 };
 use lintel_store::{
     Actor, Change, ListOptions, Store, StoreError, StoreExt, purge_expired, restore, write_backup,
@@ -420,6 +421,95 @@ pub async fn soft_delete_restore_and_purge(fx: &dyn Fixture) {
             AuditAction::Deleted,
             AuditAction::Purged
         ]
+    );
+}
+
+/// A module's kept OAuth refresh token is bookkeeping (no audit entries), outlives the
+/// module's tombstone (a restored module goes on with it) and is purged with the module.
+pub async fn refresh_tokens_are_purged_with_their_module(fx: &dyn Fixture) {
+    let s = fx.open().await;
+    let t = new_tenant(&*s).await;
+    let token_of = |m: &Module, ciphertext: &str| RefreshToken {
+        id: RefreshToken::id_for(&m.id).unwrap(),
+        tenant_id: t.id.clone(),
+        module_id: m.id.clone(),
+        configured: "ab".repeat(32),
+        refresh_token: SealedValue {
+            key_id: "k1".into(),
+            nonce: "bm9uY2U=".into(),
+            ciphertext: ciphertext.into(),
+        },
+        ..Default::default()
+    };
+    let doomed = s
+        .create(&actor(), module(&t.id, "driver-x", None))
+        .await
+        .unwrap();
+    let kept = s
+        .create(&actor(), module(&t.id, "driver-x", None))
+        .await
+        .unwrap();
+    let token = s
+        .create(&Actor::system(), token_of(&doomed, "Zmlyc3Q="))
+        .await
+        .unwrap();
+    s.create(&Actor::system(), token_of(&kept, "a2VwdA=="))
+        .await
+        .unwrap();
+    let rotated = s
+        .update_bookkeeping(RefreshToken {
+            refresh_token: SealedValue {
+                ciphertext: "c2Vjb25k".into(),
+                ..token.refresh_token.clone()
+            },
+            ..token.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rotated.version, 2);
+    assert!(audit_actions(&*s, &t.id, &token.id).await.is_empty());
+    // A malformed token record is refused.
+    let err = s
+        .create(
+            &Actor::system(),
+            RefreshToken {
+                id: RefreshToken::id_for(&kept.id).unwrap(),
+                ..token_of(&doomed, "eA==")
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+
+    s.delete::<Module>(&actor(), &t.id, &doomed.id, None)
+        .await
+        .unwrap();
+    let (_, deleted_at) = s
+        .get_with_tombstone::<Module>(&t.id, &doomed.id)
+        .await
+        .unwrap()
+        .unwrap();
+    // The module can still be restored: its token stays.
+    purge_expired(&*s, deleted_at.unwrap()).await.unwrap();
+    let still = s.get::<RefreshToken>(&t.id, &token.id).await.unwrap();
+    assert_eq!(
+        still.map(|r| r.refresh_token.ciphertext),
+        Some("c2Vjb25k".into())
+    );
+    // Purged with the module; the other module's token is untouched.
+    purge_expired(&*s, deleted_at.unwrap() + 1).await.unwrap();
+    assert!(
+        s.get_with_tombstone::<RefreshToken>(&t.id, &token.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let other = RefreshToken::id_for(&kept.id).unwrap();
+    assert!(
+        s.get::<RefreshToken>(&t.id, &other)
+            .await
+            .unwrap()
+            .is_some()
     );
 }
 

@@ -47,6 +47,7 @@ embedded_cases!(
     concurrent_writers_lose_no_update,
     tenant_isolation,
     soft_delete_restore_and_purge,
+    refresh_tokens_are_purged_with_their_module,
     pagination_is_stable_under_concurrent_inserts,
     secondary_indexes_and_search,
     change_feed_delivers_every_change_in_order_per_key,
