@@ -2,18 +2,19 @@
 //! demo building, all in one atomic write, so a crash leaves either everything or nothing.
 
 use crate::config::Config;
-use lintel_auth::{PasswordHasher, generate_password};
+use lintel_auth::{Keyring, PasswordHasher, SealContext, generate_password};
 use lintel_engine::Engine;
 use lintel_model::{
-    ControlSystem, DriverRole, IdKind, Module, Role, Settings, SettingsBody, Tenant, User, Zone,
-    new_id, now_unix,
+    ControlSystem, DriverRole, EncryptionLevel, IdKind, Module, Role, Settings, SettingsBody,
+    Tenant, User, Zone, new_id, now_unix,
 };
 use lintel_store::{Actor, ErasedRecord, ListOptions, Store, StoreExt};
 
 /// The demo building's rooms: (name, capacity, devices). Each device is a module of a
 /// bundled catalog driver; those with a simulator reach it at `sim://<sim name>`
-/// (started by `crate::demo`).
-pub const DEMO_ROOMS: [(&str, u32, &[DemoDevice]); 2] = [
+/// (started by `crate::demo`). Every room has a `Display_1` and an `Occupancy_1`: the
+/// end-to-end tests use whichever room the API lists first.
+pub const DEMO_ROOMS: [(&str, u32, &[DemoDevice]); 4] = [
     (
         "Room 1.01 Huddle",
         4,
@@ -39,6 +40,29 @@ pub const DEMO_ROOMS: [(&str, u32, &[DemoDevice]); 2] = [
             DemoDevice::Bookings,
         ],
     ),
+    (
+        "Room 1.03 Focus",
+        6,
+        &[
+            DemoDevice::Display,
+            DemoDevice::Occupancy,
+            DemoDevice::GraphCalendar,
+            DemoDevice::Panel,
+            DemoDevice::Bookings,
+        ],
+    ),
+    (
+        "Room 1.04 Studio",
+        8,
+        &[
+            DemoDevice::Display,
+            DemoDevice::Occupancy,
+            DemoDevice::RoomSensor,
+            DemoDevice::GoogleCalendar,
+            DemoDevice::Panel,
+            DemoDevice::Bookings,
+        ],
+    ),
 ];
 
 /// Where the demo calendars keep their bookings (the simulators serve this collection).
@@ -59,6 +83,12 @@ pub enum DemoDevice {
     RoomSensor,
     /// The room's CalDAV calendar (`Calendar_1`).
     Calendar,
+    /// The room's Microsoft 365 calendar over Microsoft Graph (`Calendar_1`): OAuth 2.0
+    /// client credentials, as an app registration with application permissions has.
+    GraphCalendar,
+    /// The room's Google Calendar (`Calendar_1`): OAuth 2.0 with a delegated refresh
+    /// token, as a Workspace user's consent gives.
+    GoogleCalendar,
     /// The booking panel by the door (`Panel_1`).
     Panel,
     /// The room logic (`Bookings_1`): no device.
@@ -75,6 +105,8 @@ impl DemoDevice {
             DemoDevice::SamsungDisplay => b::SAMSUNG_MDC,
             DemoDevice::RoomSensor => b::MODBUS,
             DemoDevice::Calendar => b::CALDAV,
+            DemoDevice::GraphCalendar => b::MSGRAPH,
+            DemoDevice::GoogleCalendar => b::GOOGLE_CALENDAR,
             DemoDevice::Panel => b::ROOM_PANEL,
             DemoDevice::Bookings => b::BOOKINGS,
         }
@@ -88,7 +120,9 @@ impl DemoDevice {
             DemoDevice::Projector => "projector",
             DemoDevice::SamsungDisplay => "samsung",
             DemoDevice::RoomSensor => "modbus",
-            DemoDevice::Calendar => "calendar",
+            DemoDevice::Calendar | DemoDevice::GraphCalendar | DemoDevice::GoogleCalendar => {
+                "calendar"
+            }
             DemoDevice::Panel => "panel",
             DemoDevice::Bookings => return None,
         };
@@ -98,24 +132,70 @@ impl DemoDevice {
     /// Its driver's role, as PlaceOS names them: HTTP services, the logic, devices.
     fn role(self) -> DriverRole {
         match self {
-            DemoDevice::Calendar | DemoDevice::Panel => DriverRole::Service,
+            DemoDevice::Calendar
+            | DemoDevice::GraphCalendar
+            | DemoDevice::GoogleCalendar
+            | DemoDevice::Panel => DriverRole::Service,
             DemoDevice::Bookings => DriverRole::Logic,
             _ => DriverRole::Device,
         }
     }
 
-    /// The module's settings (beyond the driver's defaults).
-    fn settings(self) -> serde_json::Value {
+    /// The module's settings in room `room` (1-based) beyond the driver's defaults, and
+    /// its secret settings (sealed, shown to admins only).
+    fn settings(self, room: usize) -> (serde_json::Value, Option<serde_json::Value>) {
         use serde_json::json;
-        match self {
+        let id = demo_identity(room);
+        let sim = self.sim(room).unwrap_or_default();
+        let public = match self {
             DemoDevice::Calendar => json!({"calendar_path": DEMO_CALENDAR_PATH}),
+            DemoDevice::GraphCalendar => json!({"mailbox": id.mailbox}),
+            DemoDevice::GoogleCalendar => json!({"calendar_id": id.mailbox}),
             DemoDevice::Bookings => json!({
                 "calendar": "Calendar_1",
                 "occupancy": "Occupancy_1.presence",
                 "panel": "Panel_1"
             }),
             _ => json!({}),
-        }
+        };
+        // The token endpoints are the simulators' (`sim://`, so the records hold no port).
+        let secret = match self {
+            DemoDevice::GraphCalendar => Some(json!({"oauth2": {
+                "grant": "client_credentials",
+                "token_url": format!("sim://{sim}/demo.example/oauth2/v2.0/token"),
+                "client_id": id.client_id,
+                "client_secret": id.secret,
+                "scope": "https://graph.microsoft.com/.default"
+            }})),
+            DemoDevice::GoogleCalendar => Some(json!({"oauth2": {
+                "grant": "refresh_token",
+                "token_url": format!("sim://{sim}/token"),
+                "client_id": id.client_id,
+                "client_secret": id.secret,
+                "refresh_token": id.refresh_token
+            }})),
+            _ => None,
+        };
+        (public, secret)
+    }
+}
+
+/// The identities of room `room`'s (1-based) demo calendar: its mailbox or calendar id,
+/// and the OAuth client its module signs in as. The simulators accept these only: they
+/// unlock nothing but the demo's own in-process calendars.
+pub struct DemoIdentity {
+    pub mailbox: String,
+    pub client_id: &'static str,
+    pub secret: &'static str,
+    pub refresh_token: &'static str,
+}
+
+pub fn demo_identity(room: usize) -> DemoIdentity {
+    DemoIdentity {
+        mailbox: format!("room-1{room:02}@demo.example"),
+        client_id: "lintel-demo-app",
+        secret: "demo-client-secret",
+        refresh_token: "demo-refresh-token",
     }
 }
 
@@ -132,6 +212,7 @@ pub async fn first_run(
     cfg: &Config,
     store: &dyn Store,
     engine: &Engine,
+    keyring: &Keyring,
     passwords: &PasswordHasher,
 ) -> anyhow::Result<Option<FirstRun>> {
     // Any tenant, soft-deleted ones included: an installation is set up only once.
@@ -171,7 +252,7 @@ pub async fn first_run(
     };
     let mut records: Vec<Box<dyn ErasedRecord>> = vec![Box::new(admin)];
     if cfg.bootstrap.demo {
-        records.extend(demo_building(&tenant.id, engine).await?);
+        records.extend(demo_building(&tenant.id, engine, keyring).await?);
     }
     // The tenant goes last: it marks the set-up as done. The embedded store commits the
     // batch atomically anyway; on Couchbase (one document at a time) a failure part-way
@@ -190,6 +271,7 @@ pub async fn first_run(
 async fn demo_building(
     tenant_id: &str,
     engine: &Engine,
+    keyring: &Keyring,
 ) -> anyhow::Result<Vec<Box<dyn ErasedRecord>>> {
     let now = now_unix();
     let zone = |name: &str, tag: &str, parent: Option<&str>| Zone {
@@ -252,17 +334,31 @@ async fn demo_building(
                 updated_at: now,
                 ..Default::default()
             };
-            let settings = device.settings();
-            if settings.as_object().is_some_and(|o| !o.is_empty()) {
-                out.push(Box::new(Settings {
-                    id: new_id(IdKind::Settings),
-                    tenant_id: tenant_id.into(),
-                    parent_id: module.id.clone(),
-                    body: SettingsBody::Plain(settings),
-                    created_at: now,
-                    updated_at: now,
-                    ..Default::default()
-                }));
+            let (public, secret) = device.settings(room + 1);
+            let record = |encryption_level, body| Settings {
+                id: new_id(IdKind::Settings),
+                tenant_id: tenant_id.into(),
+                parent_id: module.id.clone(),
+                encryption_level,
+                body,
+                created_at: now,
+                updated_at: now,
+                ..Default::default()
+            };
+            if public.as_object().is_some_and(|o| !o.is_empty()) {
+                out.push(Box::new(record(
+                    EncryptionLevel::None,
+                    SettingsBody::Plain(public),
+                )));
+            }
+            if let Some(secret) = secret {
+                let mut sealed = record(EncryptionLevel::Admin, SettingsBody::default());
+                sealed.body = SettingsBody::Sealed(
+                    keyring
+                        .current()
+                        .seal_json(&SealContext::settings_body(tenant_id, &sealed.id), &secret)?,
+                );
+                out.push(Box::new(sealed));
             }
             modules.push(module.id.clone());
             out.push(Box::new(module));

@@ -261,7 +261,7 @@ pub struct Bootstrap {
     /// The tenant's domain: JWT `aud`, and how browsers reach this server.
     pub domain: String,
     pub admin_email: String,
-    /// Create the demo building (two rooms with simulated devices) on first run, and run
+    /// Create the demo building (four rooms with simulated devices) on first run, and run
     /// its simulators.
     pub demo: bool,
 }

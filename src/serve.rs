@@ -150,7 +150,7 @@ pub async fn serve(
     }
     let passwords = PasswordHasher::new(cfg.auth.hash_concurrency);
 
-    if let Some(first) = bootstrap::first_run(&cfg, store.as_ref(), &engine, &passwords)
+    if let Some(first) = bootstrap::first_run(&cfg, store.as_ref(), &engine, &keyring, &passwords)
         .await
         .context("first-run set-up failed; nothing was written")?
     {
@@ -261,14 +261,8 @@ struct KeyringSealer(Keyring);
 
 impl lintel_engine::Sealer for KeyringSealer {
     fn open_settings(&self, s: &lintel_model::Settings) -> Result<serde_json::Value, String> {
-        let lintel_model::SettingsBody::Sealed(sealed) = &s.body else {
-            return Err("not sealed".into());
-        };
-        let ctx = lintel_auth::SealContext::settings_body(&s.tenant_id, &s.id);
-        self.0
-            .current()
-            .open_json(&ctx, sealed)
-            .map_err(|e| e.to_string())
+        let opened = self.0.current().open_settings(s);
+        opened.map_err(|e| e.to_string())
     }
 
     fn seal_refresh_token(
@@ -277,11 +271,11 @@ impl lintel_engine::Sealer for KeyringSealer {
         record_id: &str,
         token: &str,
     ) -> Result<lintel_model::SealedValue, String> {
-        let ctx = lintel_auth::SealContext::refresh_token(tenant_id, record_id);
-        self.0
+        let sealed = self
+            .0
             .current()
-            .seal(&ctx, token.as_bytes())
-            .map_err(|e| e.to_string())
+            .seal_refresh_token(tenant_id, record_id, token);
+        sealed.map_err(|e| e.to_string())
     }
 
     fn open_refresh_token(
@@ -290,13 +284,11 @@ impl lintel_engine::Sealer for KeyringSealer {
         record_id: &str,
         sealed: &lintel_model::SealedValue,
     ) -> Result<String, String> {
-        let ctx = lintel_auth::SealContext::refresh_token(tenant_id, record_id);
-        let bytes = self
+        let opened = self
             .0
             .current()
-            .open(&ctx, sealed)
-            .map_err(|e| e.to_string())?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "the sealed token is not text".into())
+            .open_refresh_token(tenant_id, record_id, sealed);
+        opened.map_err(|e| e.to_string())
     }
 }
 

@@ -10,7 +10,7 @@ use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{AeadInOut, KeyInit, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use lintel_model::SealedValue;
+use lintel_model::{SealedValue, Settings, SettingsBody};
 use rand::RngCore as _;
 use rand::rngs::OsRng;
 use std::fmt;
@@ -310,6 +310,38 @@ impl SecretKeyring {
             .map_err(|_| AuthError::Sealed("the opened value is not valid JSON".into()))
     }
 
+    /// A settings record's sealed body, opened (bound to the record: tenant and id).
+    pub fn open_settings(&self, s: &Settings) -> Result<serde_json::Value, AuthError> {
+        let SettingsBody::Sealed(sealed) = &s.body else {
+            return Err(AuthError::Sealed("the settings are not sealed".into()));
+        };
+        self.open_json(&SealContext::settings_body(&s.tenant_id, &s.id), sealed)
+    }
+
+    /// Seal a module's OAuth refresh token for its `RefreshToken` record.
+    pub fn seal_refresh_token(
+        &self,
+        tenant_id: &str,
+        record_id: &str,
+        token: &str,
+    ) -> Result<SealedValue, AuthError> {
+        let ctx = SealContext::refresh_token(tenant_id, record_id);
+        self.seal(&ctx, token.as_bytes())
+    }
+
+    /// Open a refresh token sealed by [`seal_refresh_token`](Self::seal_refresh_token).
+    pub fn open_refresh_token(
+        &self,
+        tenant_id: &str,
+        record_id: &str,
+        sealed: &SealedValue,
+    ) -> Result<String, AuthError> {
+        let ctx = SealContext::refresh_token(tenant_id, record_id);
+        let bytes = self.open(&ctx, sealed)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| AuthError::Sealed("the opened token is not text".into()))
+    }
+
     /// Re-seal `v` under the primary key: `None` if it already is.
     pub fn reseal(
         &self,
@@ -331,6 +363,37 @@ mod tests {
 
     const K1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; // bytes 0..32
     const K2: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="; // bytes 32..64
+
+    /// The record-bound helpers the engine's sealer uses: a settings body or a refresh
+    /// token opens for its own record only; a plain body is not opened.
+    #[test]
+    fn settings_and_refresh_tokens_open_for_their_record_only() {
+        let k = SecretKeyring::parse(&SecretKeyring::generate_line()).unwrap();
+        let sealed = k.seal_refresh_token("t1", "rtoken-a", "rt-1").unwrap();
+        assert!(!sealed.ciphertext.contains("rt-1"));
+        assert_eq!(
+            k.open_refresh_token("t1", "rtoken-a", &sealed).unwrap(),
+            "rt-1"
+        );
+        assert!(k.open_refresh_token("t1", "rtoken-b", &sealed).is_err());
+        assert!(k.open_refresh_token("t2", "rtoken-a", &sealed).is_err());
+        let body = json!({"oauth2": {"client_secret": "s"}});
+        let mut s = Settings {
+            id: "set-1".into(),
+            tenant_id: "t1".into(),
+            body: SettingsBody::Sealed(
+                k.seal_json(&SealContext::settings_body("t1", "set-1"), &body)
+                    .unwrap(),
+            ),
+            ..Default::default()
+        };
+        assert_eq!(k.open_settings(&s).unwrap(), body);
+        s.id = "set-2".into();
+        assert!(k.open_settings(&s).is_err());
+        s.body = SettingsBody::Plain(json!({}));
+        let e = k.open_settings(&s).unwrap_err().to_string();
+        assert!(e.contains("not sealed"), "{e}");
+    }
 
     fn ctx() -> SealContext<'static> {
         SealContext {

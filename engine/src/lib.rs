@@ -321,18 +321,24 @@ impl Engine {
             .insert(name.to_string(), base_url.to_string());
     }
 
-    /// The base URL an HTTP module's `uri` stands for: itself, or a registered
-    /// in-process simulator's for `sim://<name>`.
+    /// The URL an HTTP module's `uri` (or its `oauth2.token_url`) stands for: itself, or
+    /// for `sim://<name>[/<path>]` the registered in-process simulator's base URL (and the
+    /// path).
     fn http_base(&self, uri: &str) -> std::result::Result<String, String> {
-        match uri.strip_prefix("sim://") {
-            None => Ok(uri.to_string()),
-            Some(name) => self
-                .http_endpoints
-                .read()
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("no in-process HTTP device `{name}`")),
-        }
+        let Some(rest) = uri.strip_prefix("sim://") else {
+            return Ok(uri.to_string());
+        };
+        let (name, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let base = self
+            .http_endpoints
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no in-process HTTP device `{name}`"))?;
+        Ok(match path {
+            "" => base,
+            path => format!("{}/{path}", base.trim_end_matches('/')),
+        })
     }
 
     pub fn status_bus(&self) -> &Arc<StatusBus> {
@@ -968,8 +974,28 @@ impl Engine {
                     .as_deref()
                     .ok_or_else(|| need("http(s)://host[:port]"))?;
                 let uri = self.http_base(uri).map_err(refused)?;
-                let device = links::HttpDevice::new(&uri, &settings, &self.http, status.clone())
-                    .map_err(refused)?;
+                // The token endpoint may be an in-process simulator too (the demo's
+                // calendars), so the records never hold a port.
+                let mut device_settings = std::borrow::Cow::Borrowed(&settings);
+                let sim_token_url = settings
+                    .secrets
+                    .get("oauth2")
+                    .and_then(|o| o.get("token_url"))
+                    .and_then(Value::as_str)
+                    .filter(|u| u.starts_with("sim://"));
+                if let Some(url) = sim_token_url {
+                    let resolved = self
+                        .http_base(url)
+                        .map_err(|e| refused(format!("setting `oauth2.token_url`: {e}")))?;
+                    device_settings
+                        .to_mut()
+                        .secrets
+                        .get_mut("oauth2")
+                        .expect("read above")["token_url"] = Value::String(resolved);
+                }
+                let device =
+                    links::HttpDevice::new(&uri, &device_settings, &self.http, status.clone())
+                        .map_err(refused)?;
                 if let (Some(oauth), Some(sealer)) = (&device.oauth, &self.cfg.secrets) {
                     oauth.keep_tokens_in(oauth::TokenStore {
                         store: self.store.clone(),

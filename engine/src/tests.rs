@@ -32,11 +32,7 @@ impl KeyringSealer {
 
 impl Sealer for KeyringSealer {
     fn open_settings(&self, s: &Settings) -> std::result::Result<Value, String> {
-        let SettingsBody::Sealed(sealed) = &s.body else {
-            return Err("not sealed".into());
-        };
-        let ctx = lintel_auth::SealContext::settings_body(&s.tenant_id, &s.id);
-        self.0.open_json(&ctx, sealed).map_err(|e| e.to_string())
+        self.0.open_settings(s).map_err(|e| e.to_string())
     }
     fn seal_refresh_token(
         &self,
@@ -44,10 +40,8 @@ impl Sealer for KeyringSealer {
         record_id: &str,
         token: &str,
     ) -> std::result::Result<lintel_model::SealedValue, String> {
-        let ctx = lintel_auth::SealContext::refresh_token(tenant_id, record_id);
-        self.0
-            .seal(&ctx, token.as_bytes())
-            .map_err(|e| e.to_string())
+        let sealed = self.0.seal_refresh_token(tenant_id, record_id, token);
+        sealed.map_err(|e| e.to_string())
     }
     fn open_refresh_token(
         &self,
@@ -55,9 +49,8 @@ impl Sealer for KeyringSealer {
         record_id: &str,
         sealed: &lintel_model::SealedValue,
     ) -> std::result::Result<String, String> {
-        let ctx = lintel_auth::SealContext::refresh_token(tenant_id, record_id);
-        let bytes = self.0.open(&ctx, sealed).map_err(|e| e.to_string())?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| "not text".into())
+        let opened = self.0.open_refresh_token(tenant_id, record_id, sealed);
+        opened.map_err(|e| e.to_string())
     }
 }
 
@@ -148,11 +141,9 @@ async fn add_module_with(
     module
 }
 
-async fn fixture(display_uri: &str) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
-    let engine = Engine::new(EngineConfig::new(dir.path().to_path_buf()), store.clone()).unwrap();
-    let tenant = store
+/// A tenant in `store`.
+async fn new_tenant(store: &dyn Store) -> Tenant {
+    store
         .create(
             &Actor::system(),
             Tenant {
@@ -163,7 +154,31 @@ async fn fixture(display_uri: &str) -> Fixture {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// An empty system (a room) of `tenant` in `store`.
+async fn new_room(store: &dyn Store, tenant: &str) -> ControlSystem {
+    store
+        .create(
+            &Actor::system(),
+            ControlSystem {
+                id: new_id(IdKind::System),
+                tenant_id: tenant.into(),
+                name: "Room".into(),
+                capacity: 2,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+}
+
+async fn fixture(display_uri: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let engine = Engine::new(EngineConfig::new(dir.path().to_path_buf()), store.clone()).unwrap();
+    let tenant = new_tenant(store.as_ref()).await;
     let mut system = ControlSystem {
         id: new_id(IdKind::System),
         tenant_id: tenant.id.clone(),
@@ -2462,31 +2477,8 @@ async fn a_rotated_refresh_token_outlives_restarts() {
         cfg
     };
     let engine = Engine::new(engine_cfg.clone(), store.clone()).unwrap();
-    let tenant = store
-        .create(
-            &Actor::system(),
-            Tenant {
-                id: new_id(IdKind::Tenant),
-                name: "T".into(),
-                domain: "t.example".into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let system = store
-        .create(
-            &Actor::system(),
-            ControlSystem {
-                id: new_id(IdKind::System),
-                tenant_id: tenant.id.clone(),
-                name: "Room".into(),
-                capacity: 2,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let tenant = new_tenant(store.as_ref()).await;
+    let system = new_room(store.as_ref(), &tenant.id).await;
     let module = add_module(
         &engine,
         &tenant.id,
@@ -2555,5 +2547,85 @@ async fn a_rotated_refresh_token_outlives_restarts() {
     engine.start_module(&tenant.id, &module.id).await.unwrap();
     kept_after(3).await;
     assert_eq!(engine.module_error(&tenant.id, &module.id).unwrap(), None);
+    engine.shutdown().await;
+}
+
+/// `oauth2.token_url` may name an in-process HTTP simulator (`sim://<name>/<path>`), as
+/// the module's uri may: the demo building's Graph and Google calendars, whose records
+/// then hold no port. An unknown name refuses the module, naming the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_token_url_can_name_an_in_process_simulator() {
+    use lintel_simulators::msgraph::{MsGraphSimulator, event};
+    const MB: &str = "room-1@contoso.com";
+    let sim = MsGraphSimulator::new(MB, "app", "app-secret");
+    let now = lintel_model::now_unix();
+    sim.add_event(event(
+        "e-1",
+        now + 600,
+        now + 1800,
+        "Sync",
+        "ann@contoso.com",
+    ));
+    let addr = sim.serve().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+    let engine = Engine::new(EngineConfig::new(dir.path().to_path_buf()), store.clone()).unwrap();
+    engine.register_http_endpoint("graph", &format!("http://{addr}"));
+    let tenant = new_tenant(store.as_ref()).await;
+    let system = new_room(store.as_ref(), &tenant.id).await;
+    let settings = |token_url: &str| {
+        json!({
+            "mailbox": MB,
+            "poll_every_ms": 3_600_000,
+            "oauth2": {
+                "grant": "client_credentials",
+                "token_url": token_url,
+                "client_id": "app",
+                "client_secret": "app-secret",
+                "scope": "https://graph.microsoft.com/.default",
+            },
+        })
+    };
+    let module = add_module(
+        &engine,
+        &tenant.id,
+        &system.id,
+        lintel_bundled_drivers::MSGRAPH.component,
+        Some("sim://graph"),
+        settings("sim://graph/token"),
+    )
+    .await;
+    engine.start_module(&tenant.id, &module.id).await.unwrap();
+    let done = |v: Option<Value>| {
+        v.filter(|b| {
+            b.as_array()
+                .is_some_and(|b| b.len() == 1 && b[0]["id"] == "e-1")
+        })
+    };
+    poll_key(&engine, &tenant.id, &module.id, "bookings", done, || {
+        "the booking, read with a token from sim://graph/token".into()
+    })
+    .await;
+    assert_eq!(sim.token_requests(), 1);
+
+    let lost = add_module(
+        &engine,
+        &tenant.id,
+        &system.id,
+        lintel_bundled_drivers::MSGRAPH.component,
+        Some("sim://graph"),
+        settings("sim://nowhere/token"),
+    )
+    .await;
+    let e = engine
+        .start_module(&tenant.id, &lost.id)
+        .await
+        .expect_err("an unknown simulator is refused")
+        .to_string();
+    assert!(
+        e.contains("setting `oauth2.token_url`: no in-process HTTP device `nowhere`"),
+        "{e}"
+    );
+    assert!(!e.contains("app-secret"), "{e}");
     engine.shutdown().await;
 }

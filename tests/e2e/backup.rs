@@ -100,8 +100,8 @@ fn backup_while_serving_then_restore_into_an_empty_data_dir() {
     restore.arg("restore").arg(&file);
     let (ok, stdout, stderr) = run(restore);
     assert!(ok, "restore failed: {stdout} {stderr}");
-    // The demo building's drivers: two demo devices and six from the catalog.
-    assert!(stdout.contains("8 driver components"), "{stdout}");
+    // The demo building's drivers: two demo devices and eight from the catalog.
+    assert!(stdout.contains("10 driver components"), "{stdout}");
     let (status, _) = a.terminate();
     assert!(status.success());
 

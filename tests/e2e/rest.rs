@@ -7,6 +7,7 @@ use crate::harness::*;
 use reqwest::Method;
 use reqwest::blocking::Response;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 const V2: &str = "/api/engine/v2";
 
@@ -910,14 +911,19 @@ fn bi_exports_stream_state_and_inventory_with_a_read_only_key() {
         .collect();
     assert_eq!(lines.len(), rows.len());
     // CSV with a key filter: a header and one row per display power, the value JSON-encoded.
-    let r = get(&format!("{V2}/export/state?format=csv&key=power"));
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/csv")
-    );
-    let text = r.text().unwrap();
+    // Every module with a `power` status: the four demo displays, the projector, the
+    // Samsung display and the four panels (once each has reported).
+    let text = eventually_within(Duration::from_secs(30), "every power status", || {
+        let r = get(&format!("{V2}/export/state?format=csv&key=power"));
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/csv")
+        );
+        let text = r.text().unwrap();
+        (text.lines().count() == 11).then_some(text)
+    });
     let mut lines = text.lines();
     assert!(
         lines
@@ -931,8 +937,6 @@ fn bi_exports_stream_state_and_inventory_with_a_read_only_key() {
         rows.iter().all(|l| l.contains(",power,")),
         "only the key asked for: {text}"
     );
-    // Every module with a `power` status: the demo displays, the projector, the Samsung
-    // display and the panels.
     let displays: Vec<&str> = rows
         .iter()
         .copied()
@@ -940,10 +944,10 @@ fn bi_exports_stream_state_and_inventory_with_a_read_only_key() {
         .collect();
     assert_eq!(
         displays.len(),
-        2,
-        "two demo rooms, one demo display each: {text}"
+        4,
+        "four demo rooms, one demo display each: {text}"
     );
-    assert_eq!(rows.len(), 6, "{text}");
+    assert_eq!(rows.len(), 10, "{text}");
     assert!(
         displays
             .iter()
@@ -953,12 +957,12 @@ fn bi_exports_stream_state_and_inventory_with_a_read_only_key() {
     // Inventory: every table the key reads, and one table as CSV.
     let (s, inv) = json_of(get(&format!("{V2}/export/inventory")));
     assert_eq!(s, 200);
-    assert_eq!(inv["systems"].as_array().unwrap().len(), 2, "{inv}");
+    assert_eq!(inv["systems"].as_array().unwrap().len(), 4, "{inv}");
     assert!(inv["modules"].as_array().unwrap().len() >= 4, "{inv}");
     let csv = get(&format!("{V2}/export/inventory?type=systems&format=csv"))
         .text()
         .unwrap();
-    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert_eq!(csv.lines().count(), 5, "{csv}");
     // Refusals before the first byte, naming the parameter.
     let m = error_of(
         get(&format!("{V2}/export/state?format=xml")),

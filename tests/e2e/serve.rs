@@ -6,8 +6,8 @@ fn first_system(l: &Lintel, token: &str) -> String {
     let systems: Vec<Value> = l.get(token, "/api/engine/v2/systems").json().unwrap();
     assert_eq!(
         systems.len(),
-        2,
-        "the demo building has two rooms: {systems:?}"
+        4,
+        "the demo building has four rooms: {systems:?}"
     );
     systems[0]["id"].as_str().unwrap().to_string()
 }
@@ -73,7 +73,7 @@ fn serve_shows_live_demo_state_obeys_exec_stops_cleanly_and_persists() {
         .unwrap()
         .text()
         .unwrap();
-    assert!(metrics.contains("lintel_modules_running 13"), "{metrics}");
+    assert!(metrics.contains("lintel_modules_running 24"), "{metrics}");
     assert!(metrics.contains("lintel_http_requests_total"), "{metrics}");
 
     // SIGTERM: clean exit 0, after saying so.
@@ -194,7 +194,7 @@ fn the_demo_building_runs_the_catalog_drivers_and_room_logic() {
             .json()
             .unwrap()
     };
-    // Thirteen modules start at once on a machine shared with other tests: be patient.
+    // 24 modules start at once on a machine shared with other tests: be patient.
     let wait = |what: &str, sys: &str, module: &str, ok: &dyn Fn(&Value) -> bool| -> Value {
         eventually_within(Duration::from_secs(30), what, || {
             let s = state(sys, module);
@@ -248,16 +248,76 @@ fn the_demo_building_runs_the_catalog_drivers_and_room_logic() {
         });
     }
 
+    // Room 1.03's calendar is a Microsoft 365 room mailbox (Graph, OAuth client
+    // credentials), free for the next forty minutes; room 1.04's a Google Workspace
+    // calendar (a delegated refresh token), its meeting under way. The engine gets their
+    // tokens from the simulators' token endpoints with the sealed demo credentials.
+    let (focus, studio) = (id_of("Room 1.03 Focus"), id_of("Room 1.04 Studio"));
+    for sys in [&focus, &studio] {
+        let cal = wait("the cloud calendars' bookings", sys, "Calendar_1", &|s| {
+            s["bookings"].as_array().is_some_and(|b| !b.is_empty())
+        });
+        assert_eq!(cal["connected"], json!(true), "{cal}");
+    }
+    wait(
+        "a free room before its next booking",
+        &focus,
+        "Bookings_1",
+        &|s| s["status"] == "free" && s["next_booking"].is_object(),
+    );
+    wait("a green light", &focus, "Panel_1", &|s| {
+        s["light"] == "green"
+    });
+    let logic = wait("the studio's meeting", &studio, "Bookings_1", &|s| {
+        s["current_booking"].is_object()
+    });
+    let light = match logic["status"].as_str() {
+        Some("pending") => "amber",
+        Some("busy") => "red",
+        other => panic!("a room with a current booking is {other:?}: {logic}"),
+    };
+    wait("the studio panel's light", &studio, "Panel_1", &|s| {
+        s["light"] == light
+    });
+    // Booking from the room writes the event to Graph.
+    let before = state(&focus, "Calendar_1")["bookings"]
+        .as_array()
+        .map_or(0, Vec::len);
+    exec(&focus, "Bookings_1", "book_now", "[15]");
+    wait("booked in Microsoft 365", &focus, "Bookings_1", &|s| {
+        s["status"] == "busy"
+    });
+    wait("a red light", &focus, "Panel_1", &|s| s["light"] == "red");
+    wait(
+        "the new event in the Graph calendar",
+        &focus,
+        "Calendar_1",
+        &|s| {
+            s["bookings"]
+                .as_array()
+                .is_some_and(|b| b.len() == before + 1)
+        },
+    );
+
     // The room logic started after the devices it drives and waited for the calendars'
-    // first read: no warnings about modules not running or calendars unavailable.
+    // first read: no warnings about modules not running, calendars unavailable or
+    // tokens refused.
     let noise: Vec<String> = l
         .log_lines()
         .iter()
         .filter(|v| v["level"] == "WARN")
         .filter_map(|v| v["message"].as_str().map(String::from))
-        .filter(|m| m.contains("is not running") || m.contains("is unavailable"))
+        .filter(|m| {
+            m.contains("is not running") || m.contains("is unavailable") || m.contains("oauth2")
+        })
         .collect();
     assert!(noise.is_empty(), "{noise:?}");
+    // The demo's OAuth credentials are sealed settings: never in the logs.
+    let logs = l.stdout().join("\n");
+    assert!(
+        !logs.contains("demo-client-secret") && !logs.contains("demo-refresh-token"),
+        "credentials reached the log"
+    );
 
     // Check in, end the meeting, book the room from the panel's side: the light follows.
     exec(&huddle, "Bookings_1", "check_in", "[]");

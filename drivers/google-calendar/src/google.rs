@@ -220,8 +220,11 @@ pub fn parse_event(item: &Value, tz: &Tz) -> Result<Option<Event>, String> {
             .map(|s| clean(s, 254)),
         (None, b) => b.map(|s| clean(s, 254)),
     };
+    // The calendar's own entry (`self`: the room) is not an attendee of its booking, as
+    // the other calendar drivers leave the room out.
     let attendees = attendees
         .iter()
+        .filter(|a| !is_true(a, "self"))
         .filter_map(|a| a.get("email").and_then(Value::as_str))
         .take(MAX_ATTENDEES)
         .map(|s| clean(s, 254))
