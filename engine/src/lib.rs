@@ -982,21 +982,26 @@ impl Engine {
                     .get("oauth2")
                     .and_then(|o| o.get("token_url"))
                     .and_then(Value::as_str)
+                    .map(str::trim)
                     .filter(|u| u.starts_with("sim://"));
                 if let Some(url) = sim_token_url {
                     let resolved = self
                         .http_base(url)
                         .map_err(|e| refused(format!("setting `oauth2.token_url`: {e}")))?;
-                    device_settings
-                        .to_mut()
-                        .secrets
-                        .get_mut("oauth2")
-                        .expect("read above")["token_url"] = Value::String(resolved);
+                    if let Some(Value::Object(o)) =
+                        device_settings.to_mut().secrets.get_mut("oauth2")
+                    {
+                        o.insert("token_url".into(), Value::String(resolved));
+                    }
                 }
                 let device =
                     links::HttpDevice::new(&uri, &device_settings, &self.http, status.clone())
                         .map_err(refused)?;
-                if let (Some(oauth), Some(sealer)) = (&device.oauth, &self.cfg.secrets) {
+                // A simulator forgets its tokens when it stops: a rotated refresh token is
+                // kept only for a real provider.
+                let keep = sim_token_url.is_none();
+                if let (Some(oauth), Some(sealer), true) = (&device.oauth, &self.cfg.secrets, keep)
+                {
                     oauth.keep_tokens_in(oauth::TokenStore {
                         store: self.store.clone(),
                         sealer: sealer.clone(),

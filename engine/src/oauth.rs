@@ -531,7 +531,7 @@ impl OAuth2 {
                     match self.keeper.get() {
                         Some(keeper) => keeper.save(&new).await,
                         None => tracing::info!(
-                            "oauth2: the token endpoint issued a new refresh token; it is used from now on (kept in memory only: this engine has no keyring to seal it with)"
+                            "oauth2: the token endpoint issued a new refresh token; it is used from now on (kept in memory only: this engine has no keyring to seal it with, or the endpoint is an in-process simulator)"
                         ),
                     }
                 }

@@ -72,6 +72,10 @@ fn backup_while_serving_then_restore_into_an_empty_data_dir() {
         !text.contains(PASSWORD),
         "the admin password is stored hashed"
     );
+    assert!(
+        !text.contains("demo-client-secret") && !text.contains("demo-refresh-token"),
+        "the demo calendars' OAuth credentials are stored sealed"
+    );
 
     // A damaged copy is refused before the target is even created.
     let damaged = dir.path().join("damaged.backup");

@@ -221,7 +221,7 @@ pub fn parse_event(item: &Value, tz: &Tz) -> Result<Option<Event>, String> {
         (None, b) => b.map(|s| clean(s, 254)),
     };
     // The calendar's own entry (`self`: the room) is not an attendee of its booking, as
-    // the other calendar drivers leave the room out.
+    // the Graph driver leaves the room's mailbox out.
     let attendees = attendees
         .iter()
         .filter(|a| !is_true(a, "self"))

@@ -59,7 +59,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,6 +71,10 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub const MAX_EVENTS: usize = 10_000;
 /// The API path prefix.
 pub const PREFIX: &str = "/calendar/v3/calendars/";
+/// API requests [`GoogleCalendarSimulator::requests`] remembers (the latest).
+pub const MAX_REQUESTS_KEPT: usize = 512;
+/// Access tokens valid at once: issuing another retires the oldest.
+pub const MAX_TOKENS_VALID: usize = 64;
 
 /// One calendar: its zone and events by id.
 #[derive(Debug, Clone)]
@@ -86,7 +90,7 @@ struct State {
     refresh_token: Option<String>,
     service_account: Option<String>,
     calendars: BTreeMap<String, Calendar>,
-    tokens: HashSet<String>,
+    tokens: VecDeque<String>,
     issued: u64,
     token_requests: u64,
     expires_in: u64,
@@ -586,6 +590,10 @@ impl GoogleCalendarSimulator {
                     format!("{path}?{query}")
                 },
             ));
+            // Bounded: the demo building runs this simulator for as long as Lintel runs.
+            if s.requests.len() > MAX_REQUESTS_KEPT {
+                s.requests.remove(0);
+            }
             s.delay
         };
         if let Some(d) = delay {
@@ -596,7 +604,7 @@ impl GoogleCalendarSimulator {
             .as_deref()
             .and_then(|a| a.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !s.tokens.contains(token) {
+        if !s.tokens.iter().any(|t| t == token) {
             return unauthorized();
         }
         if let Some((code, retry_after, body)) = s.fail_next.pop_front() {
@@ -681,7 +689,11 @@ impl GoogleCalendarSimulator {
         }
         s.issued += 1;
         let token = format!("tok-{}", s.issued);
-        s.tokens.insert(token.clone());
+        // The latest tokens only (an older one is refused as expired would be).
+        if s.tokens.len() >= MAX_TOKENS_VALID {
+            s.tokens.pop_front();
+        }
+        s.tokens.push_back(token.clone());
         json_answer(
             200,
             &json!({"access_token": token, "expires_in": s.expires_in,

@@ -71,6 +71,8 @@ pub const MAX_EVENTS: usize = 5000;
 pub const MAX_TOP: usize = 1000;
 /// Graph's default page size for `calendarView` without `$top`.
 pub const DEFAULT_TOP: usize = 10;
+/// API requests [`MsGraphSimulator::requests`] remembers (the latest).
+pub const MAX_REQUESTS_KEPT: usize = 512;
 
 struct State {
     mailbox: String,
@@ -604,6 +606,10 @@ impl MsGraphSimulator {
         } else {
             format!("{method} {path}?{query}")
         });
+        // Bounded: the demo building runs this simulator for as long as Lintel runs.
+        if s.requests.len() > MAX_REQUESTS_KEPT {
+            s.requests.remove(0);
+        }
         if method == "POST" && (path == "/token" || path.ends_with("/oauth2/v2.0/token")) {
             return Self::token(&mut s, &String::from_utf8_lossy(&body));
         }
@@ -901,6 +907,8 @@ impl MsGraphSimulator {
         }
         s.token_counter += 1;
         let token = format!("tok-{}", s.token_counter);
+        let now = Instant::now();
+        s.tokens.retain(|_, expires| *expires > now);
         s.tokens.insert(
             token.clone(),
             Instant::now() + Duration::from_secs(s.expires_in),
