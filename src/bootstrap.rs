@@ -2,7 +2,7 @@
 //! demo building, all in one atomic write, so a crash leaves either everything or nothing.
 
 use crate::config::Config;
-use lintel_auth::{Keyring, PasswordHasher, SealContext, generate_password};
+use lintel_auth::{Keyring, PasswordHasher, generate_password};
 use lintel_engine::Engine;
 use lintel_model::{
     ControlSystem, DriverRole, EncryptionLevel, IdKind, Module, Role, Settings, SettingsBody,
@@ -353,11 +353,10 @@ async fn demo_building(
             }
             if let Some(secret) = secret {
                 let mut sealed = record(EncryptionLevel::Admin, SettingsBody::default());
-                sealed.body = SettingsBody::Sealed(
-                    keyring
-                        .current()
-                        .seal_json(&SealContext::settings_body(tenant_id, &sealed.id), &secret)?,
-                );
+                let body = keyring
+                    .current()
+                    .seal_settings(tenant_id, &sealed.id, &secret)?;
+                sealed.body = SettingsBody::Sealed(body);
                 out.push(Box::new(sealed));
             }
             modules.push(module.id.clone());

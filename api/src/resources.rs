@@ -366,10 +366,7 @@ fn setting_value(state: &AppState, s: &Settings, role: Role) -> Result<Value> {
         SettingsBody::Sealed(_) if !may_read_setting(role, s.encryption_level) => {
             Ok(Value::String(REDACTED.into()))
         }
-        SettingsBody::Sealed(sealed) => Ok(state
-            .keyring
-            .current()
-            .open_json(&SealContext::settings_body(&s.tenant_id, &s.id), sealed)?),
+        SettingsBody::Sealed(_) => Ok(state.keyring.current().open_settings(s)?),
     }
 }
 
@@ -438,12 +435,9 @@ impl ApiResource for Settings {
                 return Err(ApiError::BadRequest("`value` must be a JSON object".into()));
             }
             (Some(v), _) if level == EncryptionLevel::None => SettingsBody::Plain(v),
-            (Some(v), _) => SettingsBody::Sealed(
-                state
-                    .keyring
-                    .current()
-                    .seal_json(&SealContext::settings_body(&tenant_id, &id), &v)?,
-            ),
+            (Some(v), _) => {
+                SettingsBody::Sealed(state.keyring.current().seal_settings(&tenant_id, &id, &v)?)
+            }
         };
         input.insert(
             "encryption_level".into(),

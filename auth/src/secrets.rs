@@ -310,6 +310,16 @@ impl SecretKeyring {
             .map_err(|_| AuthError::Sealed("the opened value is not valid JSON".into()))
     }
 
+    /// Seal a settings record's body, bound to the record (tenant and id).
+    pub fn seal_settings(
+        &self,
+        tenant_id: &str,
+        record_id: &str,
+        value: &serde_json::Value,
+    ) -> Result<SealedValue, AuthError> {
+        self.seal_json(&SealContext::settings_body(tenant_id, record_id), value)
+    }
+
     /// A settings record's sealed body, opened (bound to the record: tenant and id).
     pub fn open_settings(&self, s: &Settings) -> Result<serde_json::Value, AuthError> {
         let SettingsBody::Sealed(sealed) = &s.body else {
@@ -381,10 +391,7 @@ mod tests {
         let mut s = Settings {
             id: "set-1".into(),
             tenant_id: "t1".into(),
-            body: SettingsBody::Sealed(
-                k.seal_json(&SealContext::settings_body("t1", "set-1"), &body)
-                    .unwrap(),
-            ),
+            body: SettingsBody::Sealed(k.seal_settings("t1", "set-1", &body).unwrap()),
             ..Default::default()
         };
         assert_eq!(k.open_settings(&s).unwrap(), body);

@@ -400,10 +400,7 @@ mod tests {
     fn sealed_setting(keyring: &SecretKeyring, tenant: &str, value: &str) -> Settings {
         let id = new_id(IdKind::Settings);
         let body = keyring
-            .seal_json(
-                &SealContext::settings_body(tenant, &id),
-                &serde_json::json!({ "secret": value }),
-            )
+            .seal_settings(tenant, &id, &serde_json::json!({ "secret": value }))
             .unwrap();
         Settings {
             id,
@@ -416,12 +413,7 @@ mod tests {
     }
 
     fn open(keyring: &SecretKeyring, s: &Settings) -> serde_json::Value {
-        let SettingsBody::Sealed(v) = &s.body else {
-            panic!("not sealed")
-        };
-        keyring
-            .open_json(&SealContext::settings_body(&s.tenant_id, &s.id), v)
-            .unwrap()
+        keyring.open_settings(s).unwrap()
     }
 
     #[tokio::test]

@@ -999,8 +999,8 @@ impl Engine {
                         .map_err(refused)?;
                 // A simulator forgets its tokens when it stops: a rotated refresh token is
                 // kept only for a real provider.
-                let keep = sim_token_url.is_none();
-                if let (Some(oauth), Some(sealer), true) = (&device.oauth, &self.cfg.secrets, keep)
+                if let (Some(oauth), Some(sealer)) = (&device.oauth, &self.cfg.secrets)
+                    && sim_token_url.is_none()
                 {
                     oauth.keep_tokens_in(oauth::TokenStore {
                         store: self.store.clone(),

@@ -909,10 +909,8 @@ impl MsGraphSimulator {
         let token = format!("tok-{}", s.token_counter);
         let now = Instant::now();
         s.tokens.retain(|_, expires| *expires > now);
-        s.tokens.insert(
-            token.clone(),
-            Instant::now() + Duration::from_secs(s.expires_in),
-        );
+        let expires = now + Duration::from_secs(s.expires_in);
+        s.tokens.insert(token.clone(), expires);
         let mut answer = json!({"token_type": "Bearer", "expires_in": s.expires_in, "ext_expires_in": s.expires_in, "access_token": token});
         if get("grant_type") == Some("refresh_token") {
             s.refreshes += 1;
